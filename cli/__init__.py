@@ -1,0 +1,1 @@
+"""The ``lrprobe`` command line."""

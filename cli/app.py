@@ -1,0 +1,28 @@
+"""Root of the ``lrprobe`` command. Sub-commands import their heavy dependencies lazily so that
+``lrprobe --help`` stays fast and the SDK commands work without torch."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="lrprobe",
+    help="Per-layer learning rates for PyTorch models from one short grouped-Newton probe.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def demo(
+    batches: int = typer.Option(8, help="Probe batches K."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Probe a small MLP on scikit-learn's digits and print its per-layer learning rates."""
+    from cli.demo import run_demo
+
+    run_demo(batches=batches, seed=seed)
+
+
+def main() -> None:
+    app()
