@@ -13,6 +13,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def root() -> None:
+    """Per-layer learning rates for PyTorch models from one short grouped-Newton probe."""
+
+
 @app.command()
 def demo(
     batches: int = typer.Option(8, help="Probe batches K."),

@@ -1,0 +1,11 @@
+"""Errors of the numeric core, each with a stable code the service can store and show."""
+
+from __future__ import annotations
+
+
+class NumericalError(ValueError):
+    """The loss or its derivatives are not finite, so no learning rate can be derived."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,448 @@
+"""The short grouped-Newton probe of spec §7: from a checkpoint to one learning rate per group."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
+from worker.newton.errors import NumericalError
+from worker.newton.partition import Group, PartitionRule, partition
+from worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
+from worker.newton.solve import Solution, SolveStatus, cubic_model, solve
+from worker.newton.state import preserved, shifted
+from worker.newton.summaries import LossFn, Summaries, summaries
+
+# Offsets that keep the RNG seeds of direction, summary and held-out batches apart.
+_SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
+
+
+@dataclass(frozen=True)
+class ProbeProgress:
+    done: int
+    total: int
+    phase: str  # "second_moment" | "summaries" | "check"
+
+
+def probe(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    optimizer: str | OptimizerSpec | torch.optim.Optimizer = "sgd",
+    partition: PartitionRule | Sequence[Group] = "layer",
+    *,
+    num_batches: int = 16,
+    heldout_batches: int = 4,
+    optimizer_state: ParamState | None = None,
+    max_groups: int | None = None,
+    lam_int: float = 1.0,
+    third_order: bool = True,
+    bootstrap: int = 200,
+    scales: Sequence[float] = (1.0, 0.3, 0.1, 0.03),
+    trust: float = 0.5,
+    seed: int = 0,
+    progress: Callable[[ProbeProgress], None] | None = None,
+) -> ProbeResult:
+    """Recommend one learning rate per parameter group for the optimizer the user trains with.
+
+    Protocol (spec §7.1): θ stays fixed. For each of ``num_batches`` pairs, a direction batch
+    gives ``u_k`` (the optimizer's next step with lr = 1) and an independent summary batch gives
+    ``ḡ_k, H̄_k, d3_k``. Summaries are averaged and the cubic rule solved once; a bootstrap over
+    the K summaries gives 10–90 % intervals. Then ``heldout_batches`` fresh direction/evaluation
+    pairs measure the realised loss change of ``scale · η · u`` for each candidate ``scale``; the
+    largest scale whose realised decrease is at least ``trust`` times the quadratic model's
+    prediction becomes λ₁. The recommended lr is ``λ₁ · lr_factor · η`` (``lr_factor`` = 1 − β
+    for momentum without a saved buffer, spec §7.3); a group whose η is not positive falls back
+    to the single-group rate and is flagged.
+
+    Args:
+        model: the checkpoint; it comes back unchanged (parameters, buffers, RNG, ``.grad``).
+        loss_fn: ``loss_fn(model, batch) -> scalar``.
+        batches: yields at least ``2·num_batches + 2·heldout_batches`` batches (more are not
+            read); they should be independent draws (see :func:`minibatches`).
+        optimizer: "sgd" | "momentum" | "adam" | "adamw", an :class:`OptimizerSpec`, or a live
+            ``torch.optim`` optimizer (its hyperparameters and state are used).
+        partition: a rule for :func:`partition` or explicit groups.
+        optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
+            ``exp_avg_sq``, ``step``), as saved with the checkpoint.
+        lam_int: weight of the cubic penalty; 0 gives Newton.
+        third_order: compute ``d3`` (needed for the cubic rule).
+        bootstrap: resamples for the intervals (0 disables them).
+        scales: candidate λ₁ values, tried from the largest.
+        progress: called after each batch.
+
+    Raises:
+        ValueError: too few batches, bad arguments (messages name the offending keys).
+        NumericalError: the loss or the summaries are not finite.
+    """
+    started = time.perf_counter()
+    if num_batches < 1 or heldout_batches < 1:
+        raise ValueError("num_batches and heldout_batches must be at least 1")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        spec, live_state = from_torch(optimizer, model)
+        optimizer_state = optimizer_state if optimizer_state is not None else live_state
+    else:
+        spec = OptimizerSpec.parse(optimizer)
+    groups = (
+        list(partition)
+        if isinstance(partition, Sequence) and not isinstance(partition, str)
+        else _partition(model, partition, max_groups)
+    )
+    names = [n for g in groups for n in g.param_names]
+    rule = DirectionRule(spec, optimizer_state, names)
+    params = dict(model.named_parameters())
+    device = next(iter(params.values())).device
+
+    K, J = num_batches, heldout_batches
+    drawn = list(itertools.islice(iter(batches), 2 * K + 2 * J))
+    if len(drawn) < 2 * K + 2 * J:
+        raise ValueError(
+            f"the probe needs {2 * K + 2 * J} batches (2 × {K} probe + 2 × {J} held-out), "
+            f"the iterable gave {len(drawn)}: pass an endless iterator or lower num_batches"
+        )
+    direction_batches, summary_batches = drawn[0 : 2 * K : 2], drawn[1 : 2 * K : 2]
+    heldout = drawn[2 * K :]
+    meter = _Meter(progress, total=K * (2 if rule.needs_second_moment else 1) + J, device=device)
+
+    def gradient(batch: Any, batch_seed: int) -> dict[str, Tensor]:
+        with meter.fb(), preserved(model, batch_seed), torch.enable_grad():
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss.detach()):
+                raise NumericalError("non_finite_loss", f"the loss is {float(loss)} on a batch")
+            grads = torch.autograd.grad(
+                loss, [params[n] for n in names], allow_unused=True, materialize_grads=True
+            )
+        return dict(zip(names, grads, strict=True))
+
+    if rule.needs_second_moment:
+        for k, batch in enumerate(direction_batches):
+            rule.observe(gradient(batch, seed + k))
+            meter.tick("second_moment")
+    per_batch: list[Summaries] = []
+    for k in range(K):
+        u = rule.direction(gradient(direction_batches[k], seed + k), params)
+        s = summaries(
+            model, loss_fn, summary_batches[k], u, groups, third_order,
+            total_third_order=third_order, seed=seed + _SUMMARY_SEED + k,
+        )  # fmt: skip
+        _check_finite(s)
+        meter.count_summaries(s, third_order)
+        per_batch.append(s)
+        meter.tick("summaries")
+
+    mean = _mean(per_batch)
+    solution = solve(mean, lam_int)
+    single = _single_group(mean)
+    single_solution = solve(single, lam_int)
+    eta = solution.eta
+    eta_single = float(single_solution.eta[0])
+
+    # Held-out check: realised loss change of scale·η·u along fresh directions.
+    by_name = {n: float(eta[i]) for i, g in enumerate(groups) for n in g.param_names}
+    realised: dict[str, dict[float, list[float]]] = {"groups": {}, "single": {}}
+    for j in range(J):
+        u = rule.direction(gradient(heldout[2 * j], seed + _HELDOUT_SEED + j), params)
+        evaluate = _evaluator(model, loss_fn, heldout[2 * j + 1], seed + 2 * _HELDOUT_SEED + j)
+        base = evaluate({}, params, meter)
+        for scale in scales:
+            for key, rates in (("groups", by_name), ("single", dict.fromkeys(names, eta_single))):
+                step = {n: scale * rates[n] * u[n] for n in names}
+                realised[key].setdefault(scale, []).append(evaluate(step, params, meter) - base)
+        meter.tick("check")
+    checks = _checks(mean, eta, realised["groups"], scales)
+    single_checks = _checks(single, single_solution.eta, realised["single"], scales)
+    scale, scale_note = _choose_scale(checks, trust)
+    single_scale, _ = _choose_scale(single_checks, trust)
+
+    draws = _bootstrap(per_batch, lam_int, bootstrap, seed)
+    factor = rule.lr_factor
+    single_lr = single_scale * factor * eta_single
+    single_draws = [float(solve(_single_group(m), lam_int).eta[0]) for m in draws["means"]]
+    single_interval = _interval(single_draws, single_scale * factor, eta_single)
+    per_batch_eta = torch.stack([solve(s, lam_int).eta for s in per_batch])
+    group_results = _group_results(
+        groups, params, per_batch, mean, solution, per_batch_eta, draws["etas"],
+        scale * factor, single_lr, single_interval, lam_int,
+    )  # fmt: skip
+
+    notes = [scale_note] if scale_note else []
+    if solution.status not in (SolveStatus.CUBIC, SolveStatus.NEWTON):
+        notes.append(f"the cubic rule fell back to {solution.status.value}")
+    if eta_single <= 0:
+        notes.append("the single-group rate is not positive: the direction is not a descent one")
+    newton = solve(mean, 0.0)
+    return ProbeResult(
+        optimizer={"name": spec.name, **_hyper(spec)},
+        direction=rule.description,
+        lr_factor=factor,
+        scale=scale,
+        groups=group_results,
+        single_group_lr=single_lr,
+        single_group_eta=eta_single,
+        single_group_interval=single_interval,
+        status=solution.status.value,
+        lam_int=lam_int,
+        loss=mean.loss,
+        hessian_eigenvalues=[float(v) for v in torch.linalg.eigvalsh(mean.H)],
+        coupling=_coupling(mean.H),
+        predicted_decrease={
+            "cubic": solution.model_value,
+            "quadratic_at_eta": cubic_model(mean.H, mean.g, None, eta),
+            "newton": newton.model_value if newton.status == SolveStatus.NEWTON else None,
+            "realised_at_scale": _realised_at(checks, scale),
+        },
+        scale_checks=checks,
+        cost=meter.cost(started, batches=len(drawn)),
+        notes=notes,
+    )
+
+
+def _partition(model: nn.Module, rule: PartitionRule, max_groups: int | None) -> list[Group]:
+    return partition(model, rule, max_groups)
+
+
+def _check_finite(s: Summaries) -> None:
+    values = [s.g, s.H] + ([s.d3] if s.d3 is not None else [])
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        raise NumericalError(
+            "non_finite_summaries",
+            "derivatives of the loss are not finite at the checkpoint (overflow or NaN)",
+        )
+
+
+def _mean(items: Sequence[Summaries]) -> Summaries:
+    first = items[0]
+    d3_total = [s.d3_total for s in items]
+    return Summaries(
+        g=torch.stack([s.g for s in items]).mean(0),
+        H=torch.stack([s.H for s in items]).mean(0),
+        d3=None if first.d3 is None else torch.stack([s.d3 for s in items]).mean(0),  # type: ignore[misc]
+        loss=sum(s.loss for s in items) / len(items),
+        u_sq_norm=torch.stack([s.u_sq_norm for s in items]).mean(0),  # type: ignore[misc]
+        group_names=first.group_names,
+        d3_total=None if None in d3_total else sum(d3_total) / len(items),  # type: ignore[arg-type]
+    )
+
+
+def _single_group(s: Summaries) -> Summaries:
+    """The S = 1 problem along the same u: ḡ and H̄ are sums (spec §1.4), D̄ was computed."""
+    d3 = None if s.d3_total is None else torch.tensor([s.d3_total], dtype=torch.float64)
+    return Summaries(g=s.g.sum().reshape(1), H=s.H.sum().reshape(1, 1), d3=d3, loss=s.loss)
+
+
+class _Meter:
+    """Counts passes, times the forward+backward used as the cost unit, reports progress."""
+
+    def __init__(
+        self, callback: Callable[[ProbeProgress], None] | None, total: int, device: torch.device
+    ) -> None:
+        self.callback, self.total, self.done, self.device = callback, total, 0, device
+        self.passes: Counter[str] = Counter()
+        self.fb_times: list[float] = []
+
+    def fb(self) -> _Timer:
+        self.passes["forward_backward"] += 1
+        return _Timer(self.fb_times, self.device)
+
+    def count_summaries(self, s: Summaries, third_order: bool) -> None:
+        self.passes["forward_backward"] += 1
+        self.passes["hessian_vector"] += s.size + (1 if third_order else 0)
+        if third_order:
+            self.passes["third_order"] += s.size + 1
+
+    def tick(self, phase: str) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(ProbeProgress(self.done, self.total, phase))
+
+    def cost(self, started: float, batches: int) -> Cost:
+        seconds = time.perf_counter() - started
+        fb = sorted(self.fb_times)[len(self.fb_times) // 2]
+        return Cost(
+            batches=batches,
+            passes=dict(self.passes),
+            seconds=seconds,
+            fb_seconds=fb,
+            fb_equivalents=seconds / fb if fb > 0 else math.nan,
+            device=str(self.device),
+        )
+
+
+class _Timer:
+    def __init__(self, sink: list[float], device: torch.device) -> None:
+        self.sink, self.device = sink, device
+
+    def __enter__(self) -> None:
+        self._sync()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.sink.append(time.perf_counter() - self.start)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def _evaluator(model: nn.Module, loss_fn: LossFn, batch: Any, batch_seed: int):  # type: ignore[no-untyped-def]
+    """Loss on one held-out batch at θ − step, with the same dropout masks for every step."""
+
+    def evaluate(step: Mapping[str, Tensor], params: Mapping[str, Tensor], meter: _Meter) -> float:
+        meter.passes["forward"] += 1
+        with preserved(model, batch_seed), torch.no_grad(), shifted(params, step):
+            return float(loss_fn(model, batch))
+
+    return evaluate
+
+
+def _checks(
+    s: Summaries, eta: Tensor, realised: dict[float, list[float]], scales: Sequence[float]
+) -> list[ScaleCheck]:
+    return [
+        ScaleCheck(
+            scale=scale,
+            predicted=cubic_model(s.H, s.g, None, scale * eta),
+            realised=sum(realised[scale]) / len(realised[scale]),
+        )
+        for scale in scales
+    ]
+
+
+def _choose_scale(checks: list[ScaleCheck], trust: float) -> tuple[float, str | None]:
+    """Largest λ₁ whose realised decrease is at least ``trust`` × the predicted one."""
+    for check in sorted(checks, key=lambda c: -c.scale):
+        if check.predicted < 0 and check.realised < 0 and check.ratio >= trust:
+            return check.scale, None
+    smallest = min(c.scale for c in checks)
+    return smallest, (
+        f"no candidate scale realised {trust:.0%} of the predicted decrease on held-out batches; "
+        f"using the smallest, {smallest:g}"
+    )
+
+
+def _realised_at(checks: list[ScaleCheck], scale: float) -> float:
+    return next(c.realised for c in checks if c.scale == scale)
+
+
+def _bootstrap(
+    per_batch: list[Summaries], lam_int: float, resamples: int, seed: int
+) -> dict[str, list[Any]]:
+    generator = torch.Generator().manual_seed(seed)
+    K = len(per_batch)
+    means, etas = [], []
+    for _ in range(resamples):
+        index = torch.randint(K, (K,), generator=generator).tolist()
+        m = _mean([per_batch[i] for i in index])
+        means.append(m)
+        etas.append(solve(m, lam_int).eta)
+    return {"means": means, "etas": etas}
+
+
+def _interval(values: Sequence[float], factor: float, point: float) -> tuple[float, float]:
+    if not values:
+        return (factor * point, factor * point)
+    t = torch.tensor(values, dtype=torch.float64)
+    lo, hi = torch.quantile(t, torch.tensor([0.1, 0.9], dtype=torch.float64)).tolist()
+    return (factor * lo, factor * hi)
+
+
+def _group_results(
+    groups: Sequence[Group],
+    params: Mapping[str, Tensor],
+    per_batch: list[Summaries],
+    mean: Summaries,
+    solution: Solution,
+    per_batch_eta: Tensor,
+    boot_etas: list[Tensor],
+    factor: float,
+    single_lr: float,
+    single_interval: tuple[float, float],
+    lam_int: float,
+) -> list[GroupResult]:
+    g_all = torch.stack([s.g for s in per_batch])
+    newton = solve(mean, 0.0)
+    boot = torch.stack(boot_etas) if boot_etas else None
+    results = []
+    for i, group in enumerate(groups):
+        eta = float(solution.eta[i])
+        if boot is not None:
+            lo, hi = torch.quantile(boot[:, i], torch.tensor([0.1, 0.9], dtype=torch.float64))
+            eta_interval = (float(lo), float(hi))
+        else:
+            eta_interval = (eta, eta)
+        h = float(mean.H[i, i])
+        g = float(mean.g[i])
+        std = float(g_all[:, i].std()) if len(per_batch) > 1 else math.nan
+        flags: list[str] = []
+        if i in solution.dropped:
+            flags.append("unused")
+        elif eta <= 0:
+            flags.append("negative")
+        if eta_interval[0] <= 0 < eta and i not in solution.dropped:
+            flags.append("noisy")
+        if std > 0 and abs(g) / std < 2:
+            flags.append("low_snr")
+        if eta > 0 and i not in solution.dropped:
+            lr, lr_interval = factor * eta, (factor * eta_interval[0], factor * eta_interval[1])
+        else:
+            lr, lr_interval = single_lr, single_interval
+            if i not in solution.dropped:
+                flags.append("fallback_global")
+        column = per_batch_eta[:, i]
+        q = torch.quantile(column, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        u2 = float(mean.u_sq_norm[i]) if mean.u_sq_norm is not None else math.nan
+        results.append(
+            GroupResult(
+                name=group.name,
+                param_names=group.param_names,
+                numel=sum(params[n].numel() for n in group.param_names),
+                lr=lr,
+                lr_interval=lr_interval,
+                eta=eta,
+                eta_interval=eta_interval,
+                eta_newton=float(newton.eta[i]) if newton.status == SolveStatus.NEWTON else None,
+                eta_diagonal=g / h if h > 0 else None,
+                g=g,
+                g_snr=abs(g) / std if std > 0 else math.inf,
+                h=h,
+                curvature=h / u2 if u2 > 0 else math.nan,
+                d3=None if mean.d3 is None else float(mean.d3[i]),
+                spread=Spread(
+                    median=q[1],
+                    iqr=q[2] - q[0],
+                    negative_fraction=float((column < 0).double().mean()),
+                ),
+                flags=tuple(flags),
+            )
+        )
+    return results
+
+
+def _coupling(H: Tensor) -> list[list[float]]:
+    """``H̄_st / sqrt(|H̄_ss H̄_tt|)``: scale-free cross-group coupling (0 where a group is idle)."""
+    scale = H.diagonal().abs().sqrt()
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    C = H / safe[:, None] / safe[None, :]
+    C[scale == 0, :] = 0
+    C[:, scale == 0] = 0
+    return C.tolist()
+
+
+def _hyper(spec: OptimizerSpec) -> dict[str, Any]:
+    if spec.name == "sgd":
+        return {"weight_decay": spec.weight_decay}
+    if spec.name == "momentum":
+        return {
+            "momentum": spec.momentum, "dampening": spec.dampening,
+            "nesterov": spec.nesterov, "weight_decay": spec.weight_decay,
+        }  # fmt: skip
+    return {"betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}

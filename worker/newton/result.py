@@ -1,0 +1,196 @@
+"""What a probe returns: per-group learning rates, intervals and the diagnostics behind them."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from torch import nn
+
+METHOD_VERSION = "gn-probe/0.1"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How per-batch η values of one group spread across the K probe batches."""
+
+    median: float
+    iqr: float
+    negative_fraction: float
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One group's recommendation and diagnostics (spec §7.2).
+
+    ``lr`` is what to give the optimizer; ``eta`` is the raw solution of the cubic rule for this
+    direction; ``flags`` explain any departure from ``scale · lr_factor · eta``.
+    """
+
+    name: str
+    param_names: tuple[str, ...]
+    numel: int
+    lr: float
+    lr_interval: tuple[float, float]
+    eta: float
+    eta_interval: tuple[float, float]
+    eta_newton: float | None
+    eta_diagonal: float | None
+    g: float
+    g_snr: float
+    h: float
+    curvature: float
+    d3: float | None
+    spread: Spread
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScaleCheck:
+    """Predicted (quadratic model) vs realised loss change for the step ``scale · η · u``."""
+
+    scale: float
+    predicted: float
+    realised: float
+
+    @property
+    def ratio(self) -> float:
+        return self.realised / self.predicted if self.predicted else math.nan
+
+
+@dataclass(frozen=True)
+class Cost:
+    batches: int
+    passes: dict[str, int]
+    seconds: float
+    fb_seconds: float
+    fb_equivalents: float
+    device: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of :func:`probe`. Serialise with :meth:`to_dict`/:meth:`to_json`."""
+
+    optimizer: dict[str, Any]
+    direction: str
+    lr_factor: float
+    scale: float
+    groups: list[GroupResult]
+    single_group_lr: float
+    single_group_eta: float
+    single_group_interval: tuple[float, float]
+    status: str
+    lam_int: float
+    loss: float
+    hessian_eigenvalues: list[float]
+    coupling: list[list[float]]
+    predicted_decrease: dict[str, float | None]
+    scale_checks: list[ScaleCheck]
+    cost: Cost
+    method_version: str = METHOD_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lrs(self) -> dict[str, float]:
+        """Recommended learning rate per group name."""
+        return {g.name: g.lr for g in self.groups}
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """``torch.optim`` parameter groups with the recommended learning rates.
+
+        Parameters are matched by name; raises ValueError if the model does not have the probed
+        parameters or has trainable parameters the probe did not cover.
+        """
+        params = dict(model.named_parameters())
+        probed = [n for g in self.groups for n in g.param_names]
+        missing = [n for n in probed if n not in params]
+        if missing:
+            raise ValueError(f"the model has no parameters named {missing[:5]}: is it the same?")
+        extra = [n for n, p in params.items() if p.requires_grad and n not in set(probed)]
+        if extra:
+            raise ValueError(f"the probe did not cover trainable parameters {extra[:5]}")
+        return [
+            {"params": [params[n] for n in g.param_names], "lr": g.lr, "name": g.name}
+            for g in self.groups
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: tuples become lists, non-finite floats become None."""
+        data = asdict(self)
+        for check, raw in zip(data["scale_checks"], self.scale_checks, strict=True):
+            check["ratio"] = raw.ratio
+        return _clean(data)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        data = dict(data)
+        data["groups"] = [
+            GroupResult(
+                **{
+                    **{k: v for k, v in g.items() if k in _names(GroupResult)},
+                    "param_names": tuple(g["param_names"]),
+                    "lr_interval": tuple(g["lr_interval"]),
+                    "eta_interval": tuple(g["eta_interval"]),
+                    "spread": Spread(**g["spread"]),
+                    "flags": tuple(g["flags"]),
+                }
+            )
+            for g in data["groups"]
+        ]
+        data["scale_checks"] = [
+            ScaleCheck(**{k: v for k, v in c.items() if k != "ratio"}) for c in data["scale_checks"]
+        ]
+        data["cost"] = Cost(**data["cost"])
+        data["single_group_interval"] = tuple(data["single_group_interval"])
+        return cls(**{k: v for k, v in data.items() if k in _names(cls)})
+
+    def table(self) -> str:
+        """A plain-text per-group table (what the CLI and ``print(result)`` show)."""
+        rows = [("group", "params", "lr", "interval (10-90%)", "eta", "flags")]
+        for g in self.groups:
+            rows.append(
+                (
+                    g.name,
+                    f"{g.numel:,}",
+                    f"{g.lr:.4g}",
+                    f"{g.lr_interval[0]:.3g} – {g.lr_interval[1]:.3g}",
+                    f"{g.eta:.4g}",
+                    ", ".join(g.flags) or "-",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lo, hi = self.single_group_interval
+        lines += [
+            "",
+            f"single-group lr: {self.single_group_lr:.4g} (interval {lo:.3g} – {hi:.3g})",
+            f"optimizer: {self.optimizer['name']}, direction: {self.direction}, "
+            f"scale λ₁ = {self.scale:g}, solver: {self.status}",
+            f"cost: {self.cost.batches} batches, {self.cost.fb_equivalents:.0f} forward+backward "
+            f"equivalents, {self.cost.seconds:.1f} s on {self.cost.device}",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
