@@ -19,7 +19,7 @@ from worker.newton.partition import Group, PartitionRule, partition
 from worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
 from worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from worker.newton.state import preserved, shifted
-from worker.newton.summaries import LossFn, Summaries, summaries
+from worker.newton.summaries import LossFn, Summaries, check_loss, summaries
 
 # Offsets that keep the RNG seeds of direction, summary and held-out batches apart.
 _SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
@@ -115,8 +115,7 @@ def probe(
     def gradient(batch: Any, batch_seed: int) -> dict[str, Tensor]:
         with meter.fb(), preserved(model, batch_seed), torch.enable_grad():
             loss = loss_fn(model, batch)
-            if not torch.isfinite(loss.detach()):
-                raise NumericalError("non_finite_loss", f"the loss is {float(loss)} on a batch")
+            check_loss(loss)
             grads = torch.autograd.grad(
                 loss, [params[n] for n in names], allow_unused=True, materialize_grads=True
             )
@@ -141,9 +140,8 @@ def probe(
     mean = _mean(per_batch)
     solution = solve(mean, lam_int)
     single = _single_group(mean)
-    single_solution = solve(single, lam_int)
     eta = solution.eta
-    eta_single = float(single_solution.eta[0])
+    eta_single, single_note = _single_rate(single, mean, lam_int)
 
     # Held-out check: realised loss change of scale·η·u along fresh directions.
     by_name = {n: float(eta[i]) for i, g in enumerate(groups) for n in g.param_names}
@@ -158,14 +156,14 @@ def probe(
                 realised[key].setdefault(scale, []).append(evaluate(step, params, meter) - base)
         meter.tick("check")
     checks = _checks(mean, eta, realised["groups"], scales)
-    single_checks = _checks(single, single_solution.eta, realised["single"], scales)
+    single_checks = _checks(single, torch.tensor([eta_single]), realised["single"], scales)
     scale, scale_note = _choose_scale(checks, trust)
     single_scale, _ = _choose_scale(single_checks, trust)
 
     draws = _bootstrap(per_batch, lam_int, bootstrap, seed)
     factor = rule.lr_factor
     single_lr = single_scale * factor * eta_single
-    single_draws = [float(solve(_single_group(m), lam_int).eta[0]) for m in draws["means"]]
+    single_draws = [_single_rate(_single_group(m), m, lam_int)[0] for m in draws["means"]]
     single_interval = _interval(single_draws, single_scale * factor, eta_single)
     per_batch_eta = torch.stack([solve(s, lam_int).eta for s in per_batch])
     group_results = _group_results(
@@ -176,8 +174,8 @@ def probe(
     notes = [scale_note] if scale_note else []
     if solution.status not in (SolveStatus.CUBIC, SolveStatus.NEWTON):
         notes.append(f"the cubic rule fell back to {solution.status.value}")
-    if eta_single <= 0:
-        notes.append("the single-group rate is not positive: the direction is not a descent one")
+    if single_note:
+        notes.append(single_note)
     newton = solve(mean, 0.0)
     return ProbeResult(
         optimizer={"name": spec.name, **_hyper(spec)},
@@ -236,6 +234,27 @@ def _single_group(s: Summaries) -> Summaries:
     """The S = 1 problem along the same u: ḡ and H̄ are sums (spec §1.4), D̄ was computed."""
     d3 = None if s.d3_total is None else torch.tensor([s.d3_total], dtype=torch.float64)
     return Summaries(g=s.g.sum().reshape(1), H=s.H.sum().reshape(1, 1), d3=d3, loss=s.loss)
+
+
+def _single_rate(single: Summaries, mean: Summaries, lam_int: float) -> tuple[float, str | None]:
+    """η for one group; if the averaged ḡ says the direction does not descend (gradient noise
+    dominates), the inverse curvature along u, ‖u‖²/uᵀH̄u, the classic stable step size."""
+    eta = float(solve(single, lam_int).eta[0])
+    if eta > 0:
+        return eta, None
+    u2 = float(mean.u_sq_norm.sum()) if mean.u_sq_norm is not None else math.nan
+    curvature = float(single.H[0, 0])
+    if curvature > 0 and u2 > 0:
+        return u2 / curvature, (
+            "the loss did not decrease on average along the optimizer's direction (gradient "
+            "noise dominates): the single-group rate is the inverse curvature ‖u‖²/uᵀH̄u; "
+            "probe with more or larger batches"
+        )
+    raise NumericalError(
+        "no_descent",
+        "neither the slope nor the curvature along the optimizer's direction is positive: "
+        "check the loss and labels, or probe with more or larger batches",
+    )
 
 
 class _Meter:

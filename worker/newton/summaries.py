@@ -88,7 +88,7 @@ def summaries(
     S = len(groups)
     with preserved(model, seed), torch.enable_grad():
         loss = loss_fn(model, batch)
-        _check_loss(loss)
+        check_loss(loss)
         grads = torch.autograd.grad(
             loss, flat, create_graph=True, allow_unused=True, materialize_grads=True
         )
@@ -166,7 +166,8 @@ def _aligned(
     return tensors, dirs
 
 
-def _check_loss(loss: Tensor) -> None:
+def check_loss(loss: Tensor) -> None:
+    """A finite scalar that depends on the parameters, or a clear error."""
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError("loss_fn must return a scalar tensor (a batch mean)")
     if not loss.requires_grad:

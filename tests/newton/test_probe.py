@@ -1,0 +1,250 @@
+"""The probe as users call it: untouched models, optimizer directions, results that apply."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from worker.newton import (
+    NumericalError,
+    OptimizerSpec,
+    ProbeProgress,
+    ProbeResult,
+    from_torch,
+    losses,
+    minibatches,
+    partition,
+    probe,
+)
+from worker.newton.directions import DirectionRule
+
+
+def _data(n: int = 256, features: int = 10, classes: int = 4, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    w = torch.randn(features, classes, generator=generator)
+    return x, (x @ w).argmax(1)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 4)
+    )
+
+
+class BatchNormDropoutNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def _quick(model: nn.Module, x, y, **kwargs) -> ProbeResult:
+    kwargs = {"num_batches": 3, "heldout_batches": 2, "bootstrap": 20, **kwargs}
+    return probe(model, losses.cross_entropy, minibatches(x, y, batch_size=32, seed=1), **kwargs)
+
+
+def test_probe_leaves_a_batchnorm_dropout_model_bit_for_bit_unchanged() -> None:
+    torch.manual_seed(0)
+    model = BatchNormDropoutNet().train()
+    x, y = torch.randn(128, 1, 4, 4), torch.randint(0, 3, (128,))
+    state = copy.deepcopy(model.state_dict())
+    rng = torch.get_rng_state()
+    result = _quick(model, x, y)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert [g.name for g in result.groups] == ["conv", "bn", "head"]
+    assert all(math.isfinite(g.lr) and g.lr > 0 for g in result.groups)
+
+
+def test_probe_is_deterministic_for_a_seed_even_with_dropout() -> None:
+    torch.manual_seed(0)
+    model = BatchNormDropoutNet().train()
+    x, y = torch.randn(128, 1, 4, 4), torch.randint(0, 3, (128,))
+    first, second = _quick(model, x, y), _quick(model, x, y)
+    assert [g.eta for g in first.groups] == [g.eta for g in second.groups]
+
+
+def test_recommended_step_decreases_the_held_out_loss() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, num_batches=6)
+    chosen = next(c for c in result.scale_checks if c.scale == result.scale)
+    assert chosen.realised < 0
+    assert chosen.ratio >= 0.5
+
+
+def test_single_group_rate_matches_a_single_group_probe() -> None:
+    """Coarsening (spec §1.4): sums of the per-group summaries are the S = 1 problem."""
+    x, y = _data()
+    layered = _quick(_mlp(), x, y)
+    single = _quick(_mlp(), x, y, partition="single")
+    assert single.groups[0].eta == pytest.approx(layered.single_group_eta, rel=1e-6)
+
+
+def test_param_groups_build_an_optimizer_with_the_recommended_rates() -> None:
+    x, y = _data()
+    model = _mlp()
+    result = _quick(model, x, y)
+    optimizer = torch.optim.SGD(result.param_groups(model))
+    assert [g["lr"] for g in optimizer.param_groups] == [g.lr for g in result.groups]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 6
+
+
+def test_param_groups_refuse_a_different_model() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y)
+    with pytest.raises(ValueError, match="no parameters named"):
+        result.param_groups(nn.Sequential(nn.Linear(10, 4)))
+
+
+def test_result_round_trips_through_json() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y)
+    data = json.loads(result.to_json())
+    assert ProbeResult.from_dict(data).to_dict() == result.to_dict()
+    assert set(data["groups"][0]) >= {"name", "lr", "lr_interval", "eta", "flags", "curvature"}
+
+
+def test_progress_reports_every_batch_up_to_the_total() -> None:
+    x, y = _data()
+    events: list[ProbeProgress] = []
+    _quick(_mlp(), x, y, progress=events.append)
+    assert [e.done for e in events] == list(range(1, 6))
+    assert {e.total for e in events} == {5}
+
+
+def test_too_few_batches_is_a_clear_error() -> None:
+    x, y = _data()
+    batches = [(x[:32], y[:32])] * 5
+    with pytest.raises(ValueError, match="needs 10 batches"):
+        probe(_mlp(), losses.cross_entropy, batches, num_batches=3, heldout_batches=2)
+
+
+def test_unused_layer_is_flagged_not_fatal() -> None:
+    class WithSpare(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(10, 4)
+            self.spare = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    x, y = _data()
+    result = _quick(WithSpare(), x, y)
+    spare = next(g for g in result.groups if g.name == "spare")
+    assert "unused" in spare.flags and spare.eta == 0
+
+
+def test_non_finite_loss_is_a_numerical_error_with_a_code() -> None:
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight.fill_(math.nan)
+    x, y = _data()
+    with pytest.raises(NumericalError) as info:
+        _quick(model, x, y)
+    assert info.value.code == "non_finite_loss"
+
+
+def _trained(optimizer_cls, hyper: dict, batch) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = _mlp().double()
+    optimizer = optimizer_cls(model.parameters(), lr=1e-2, **hyper)
+    for _ in range(3):  # build real optimizer state
+        optimizer.zero_grad()
+        losses.cross_entropy(model, batch).backward()
+        optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize(
+    ("optimizer_cls", "hyper"),
+    [
+        (torch.optim.SGD, {}),
+        (torch.optim.SGD, {"momentum": 0.9}),
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
+        (torch.optim.Adam, {"weight_decay": 1e-2}),
+        (torch.optim.AdamW, {"weight_decay": 1e-1}),
+    ],
+)
+def test_direction_is_the_step_torch_would_take_at_lr_one(optimizer_cls, hyper) -> None:
+    x, y = _data()
+    batch = (x.double(), y)
+    model, optimizer = _trained(optimizer_cls, hyper, batch)
+    spec, state = from_torch(optimizer, model)
+    names = [n for n, _ in model.named_parameters()]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rule = DirectionRule(spec, copy.deepcopy(state), names)  # read before torch mutates it
+
+    optimizer.zero_grad()
+    losses.cross_entropy(model, batch).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    u = rule.direction(grads, dict(model.named_parameters()))
+    for group in optimizer.param_groups:
+        group["lr"] = 1.0
+    optimizer.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(u[n], before[n] - p.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_momentum_without_a_buffer_converts_eta_with_one_minus_beta() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, optimizer=OptimizerSpec("momentum", momentum=0.9))
+    assert result.lr_factor == pytest.approx(0.1)
+    for g in result.groups:
+        if "fallback_global" not in g.flags:
+            assert g.lr == pytest.approx(result.scale * 0.1 * g.eta)
+
+
+def test_adam_without_state_estimates_the_second_moment_first() -> None:
+    x, y = _data()
+    events: list[ProbeProgress] = []
+    result = _quick(_mlp(), x, y, optimizer="adam", progress=events.append)
+    assert events[0].phase == "second_moment"
+    assert "no saved state" in result.direction
+    assert all(g.lr > 0 for g in result.groups)
+
+
+def test_a_live_optimizer_supplies_its_state() -> None:
+    x, y = _data()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for xb, yb in zip(x.split(32), y.split(32), strict=True):
+        optimizer.zero_grad()
+        losses.cross_entropy(model, (xb, yb)).backward()
+        optimizer.step()
+    result = _quick(model, x, y, optimizer=optimizer)
+    assert result.direction == "momentum buffer"
+    assert result.lr_factor == 1.0
+
+
+def test_partition_rule_and_max_groups_reach_the_result() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, partition="tensor", max_groups=2)
+    assert len(result.groups) == 2
+    assert result.groups[0].param_names == tuple(
+        n for g in partition(_mlp(), "tensor", max_groups=2)[:1] for n in g.param_names
+    )
+
+
+@pytest.mark.gpu
+def test_probe_runs_on_cuda_and_leaves_the_model_there() -> None:
+    x, y = _data()
+    model = BatchNormDropoutNet().cuda()
+    x, y = torch.randn(128, 1, 4, 4, device="cuda"), torch.randint(0, 3, (128,), device="cuda")
+    state = copy.deepcopy(model.state_dict())
+    result = _quick(model, x, y)
+    assert result.cost.device.startswith("cuda")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,22 @@
+"""The README's quick start runs exactly as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_quick_start_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    text = README.read_text()
+    block = re.search(r"<!-- quickstart[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert block, "the README lost its quick-start block"
+    namespace: dict[str, object] = {}
+    exec(compile(block.group(1), str(README), "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert "single-group lr" in printed
+    optimizer = namespace["optimizer"]
+    assert len(optimizer.param_groups) == 3  # type: ignore[attr-defined]
