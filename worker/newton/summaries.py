@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from worker.newton.errors import NumericalError
+from worker.newton.norms import PrimitiveNorms
 from worker.newton.partition import Group
 from worker.newton.state import preserved
 
@@ -61,7 +63,8 @@ def summaries(
     Hessian-vector product of ``ḡ_i`` restricted to the groups ``j ≥ i`` (autograd then runs only
     the part of the graph that reaches those parameters, so rows get cheaper down the list) and,
     for ``d3``, one more reverse pass of ``H̄_ii`` w.r.t. group ``i``. Plain reverse mode only:
-    vmapped ``torch.func`` transforms are wrong through ``layer_norm`` in torch 2.13.
+    vmapped ``torch.func`` transforms are wrong through ``layer_norm`` in torch 2.13; and with
+    third derivatives, normalisation layers run as primitive ops (see :mod:`worker.newton.norms`).
 
     Args:
         model: the model at the checkpoint ``θ``; it is not modified (parameters, buffers, RNG,
@@ -86,7 +89,8 @@ def summaries(
     for grp in tensors:
         starts.append(starts[-1] + len(grp))
     S = len(groups)
-    with preserved(model, seed), torch.enable_grad():
+    exact_norms = PrimitiveNorms() if third_order or total_third_order else nullcontext()
+    with preserved(model, seed), torch.enable_grad(), exact_norms:
         loss = loss_fn(model, batch)
         check_loss(loss)
         grads = torch.autograd.grad(
