@@ -1,0 +1,1 @@
+"""The lrprobe service: HTTP API, dashboard, settings, database and job use cases (no torch)."""

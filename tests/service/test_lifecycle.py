@@ -1,0 +1,100 @@
+"""The job state machine on both databases: claims are exclusive, lost claims write nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import lifecycle
+from service.lifecycle import Beat, JobStatus, Progress
+from service.models import ApiKey, Job, JobEvent, ModelArtifact, Recommendation, utcnow
+
+
+def make_job(sessions: sessionmaker[Session], **overrides: object) -> str:
+    with sessions.begin() as session:
+        owner = ApiKey(
+            id=lifecycle.new_id(), name="k", prefix="lrp_x", secret_hash=lifecycle.new_id()
+        )
+        model = ModelArtifact(
+            id=lifecycle.new_id(), owner_id=owner.id, sha256="0" * 64, filename="m.safetensors",
+            size_bytes=1, format="safetensors",
+        )  # fmt: skip
+        job = Job(id=lifecycle.new_id(), owner_id=owner.id, model_id=model.id, spec={}, **overrides)
+        session.add_all([owner, model])
+        session.flush()
+        session.add(job)
+        return job.id
+
+
+def status(sessions: sessionmaker[Session], job_id: str) -> str:
+    with sessions() as session:
+        return session.get_one(Job, job_id).status
+
+
+def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session]) -> None:
+    job_id = make_job(sessions)
+    assert lifecycle.claim(sessions, job_id, "w1", lease=60) is not None
+    assert lifecycle.claim(sessions, job_id, "w2", lease=60) is None
+    assert status(sessions, job_id) == JobStatus.RUNNING
+
+
+def test_success_stores_the_recommendation_once(sessions: sessionmaker[Session]) -> None:
+    job_id = make_job(sessions)
+    lifecycle.claim(sessions, job_id, "w1", lease=60)
+    assert lifecycle.heartbeat(sessions, job_id, "w1", 60, Progress(3, 10, "summaries")) == Beat.OK
+    assert lifecycle.succeed(sessions, job_id, "w1", {"lr": 1.0}, "v1")
+    assert not lifecycle.succeed(sessions, job_id, "w1", {"lr": 2.0}, "v1")
+    with sessions() as session:
+        assert session.get_one(Recommendation, job_id).data == {"lr": 1.0}
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.progress_done, job.progress_total) == ("succeeded", 3, 10)
+        kinds = session.scalars(select(JobEvent.kind).where(JobEvent.job_id == job_id)).all()
+        assert kinds == ["status", "progress", "status"]
+
+
+def test_reaped_job_is_requeued_and_the_old_worker_cannot_finish_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = make_job(sessions)
+    lifecycle.claim(sessions, job_id, "dead", lease=60)
+    later = utcnow() + timedelta(seconds=61)
+    assert lifecycle.reap(sessions, max_attempts=3, requeue_after=3600, now=later) == [job_id]
+    assert status(sessions, job_id) == JobStatus.QUEUED
+    assert lifecycle.heartbeat(sessions, job_id, "dead", 60) == Beat.LOST
+    assert not lifecycle.succeed(sessions, job_id, "dead", {}, "v1")
+    assert lifecycle.claim(sessions, job_id, "alive", lease=60) is not None
+    assert lifecycle.succeed(sessions, job_id, "alive", {}, "v1")
+
+
+def test_a_job_that_keeps_killing_workers_fails_with_a_code(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = make_job(sessions, attempts=2)
+    lifecycle.claim(sessions, job_id, "w", lease=1)
+    lifecycle.reap(sessions, max_attempts=3, requeue_after=3600, now=utcnow() + timedelta(hours=1))
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.error_code) == ("failed", "worker_lost")
+
+
+def test_cancel_is_immediate_when_queued_and_acknowledged_when_running(
+    sessions: sessionmaker[Session],
+) -> None:
+    queued, running = make_job(sessions), make_job(sessions)
+    assert lifecycle.request_cancel(sessions, queued) == JobStatus.CANCELLED
+    assert lifecycle.claim(sessions, queued, "w", lease=60) is None
+    lifecycle.claim(sessions, running, "w", lease=60)
+    assert lifecycle.request_cancel(sessions, running) == JobStatus.RUNNING
+    assert lifecycle.heartbeat(sessions, running, "w", 60) == Beat.CANCEL
+    assert lifecycle.acknowledge_cancel(sessions, running, "w")
+    assert status(sessions, running) == JobStatus.CANCELLED
+    assert lifecycle.request_cancel(sessions, "missing") is None
+
+
+def test_jobs_queued_too_long_are_resent(sessions: sessionmaker[Session]) -> None:
+    job_id = make_job(sessions)
+    assert lifecycle.reap(sessions, max_attempts=3, requeue_after=60) == []
+    later = utcnow() + timedelta(seconds=61)
+    assert lifecycle.reap(sessions, max_attempts=3, requeue_after=60, now=later) == [job_id]
