@@ -160,7 +160,7 @@ def _solve_active(
         return value if math.isfinite(value) else math.inf
 
     a = r_lo * (1 + 1e-12)
-    phi_a = phi(a) if r_lo > 0 else float(torch.linalg.vector_norm(d * torch.linalg.solve(H, g)))
+    phi_a = phi(a)  # guarded: a singular H̄ (PSD, r_lo = 0) gives inf, not an exception
     if phi_a <= 0:
         if pd:  # Dη_N = 0: the cubic term vanishes at the Newton step
             return torch.linalg.solve(H, g), SolveStatus.NEWTON, 0.0, 0.0
