@@ -29,5 +29,14 @@ def demo(
     run_demo(batches=batches, seed=seed)
 
 
+def _register() -> None:
+    from cli.probe import probe_command
+
+    app.command("probe")(probe_command)
+
+
+_register()
+
+
 def main() -> None:
     app()

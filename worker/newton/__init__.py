@@ -11,7 +11,7 @@ Pure torch; imports nothing else of lrprobe, so it can be used as a library::
 from worker.newton import losses
 from worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
 from worker.newton.errors import NumericalError
-from worker.newton.partition import Group, merge_consecutive, partition
+from worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
 from worker.newton.probe import ProbeProgress, probe
 from worker.newton.result import (
     METHOD_VERSION,
@@ -34,6 +34,7 @@ __all__ = [
     "LossFn",
     "NumericalError",
     "OptimizerSpec",
+    "PartitionRule",
     "ProbeProgress",
     "ProbeResult",
     "ScaleCheck",

@@ -1,0 +1,18 @@
+"""One-line errors and exit codes shared by every command."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, *, code: str | None = None, exit_code: int = EXIT_FAILURE) -> NoReturn:
+    suffix = f" [{code}]" if code else ""
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(message + suffix)}")
+    raise typer.Exit(exit_code)

@@ -1,0 +1,126 @@
+"""From a checkpoint path, a data reference and a probe request to a ProbeResult.
+
+Shared by the job runner (service jobs) and ``lrprobe probe`` (local use), so a probe behaves
+the same wherever it runs. Everything a user sends goes through the intake; nothing is executed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from worker.intake.batching import ProbeBatches
+from worker.intake.checkpoints import LoadedModel, load_checkpoint
+from worker.intake.data_policy import DataPolicy
+from worker.intake.dataset import Dataset
+from worker.intake.datasets import open_dataset
+from worker.intake.errors import IntakeError
+from worker.intake.losses import check_loss, get_loss
+from worker.newton import OptimizerSpec, PartitionRule, ProbeProgress, ProbeResult, probe
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What to probe with: the fields of a job spec that the probe itself needs."""
+
+    loss: str = "cross_entropy"
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    partition: PartitionRule = "layer"
+    max_groups: int | None = None
+    batches: int = 16
+    batch_size: int = 128
+    heldout_batches: int = 4
+    block_size: int | None = None
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise IntakeError(
+            "device_unavailable",
+            "CUDA was asked for but no GPU is available here; use device 'auto' or 'cpu'.",
+        )
+    return torch.device("cpu")
+
+
+def load_inputs(
+    checkpoint: Path,
+    data: str,
+    policy: DataPolicy,
+    request: ProbeRequest,
+    *,
+    arch: str | None = None,
+    arch_config: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+    allow_pt2: bool = False,
+) -> tuple[LoadedModel, Dataset]:
+    loaded = load_checkpoint(
+        checkpoint, arch=arch, arch_config=arch_config, max_bytes=max_bytes, allow_pt2=allow_pt2
+    )
+    dataset = open_dataset(data, policy, block_size=request.block_size)
+    return loaded, dataset
+
+
+def run_probe(
+    model: nn.Module,
+    dataset: Dataset,
+    request: ProbeRequest,
+    progress: Callable[[ProbeProgress], None] | None = None,
+) -> ProbeResult:
+    """Check the data against the model and the loss, then probe on the requested device.
+
+    Raises:
+        IntakeError: the model, data and loss do not fit together (a code and advice).
+        NumericalError: from the core (non-finite loss or derivatives).
+    """
+    device = select_device(request.device)
+    model = model.to(device)
+    check_loss(request.loss, dataset, _sample_output(model, dataset, device))
+    batches = ProbeBatches(dataset, request.batch_size, request.seed)
+    return probe(
+        model,
+        get_loss(request.loss),
+        _on_device(batches, device),
+        optimizer=request.optimizer,
+        partition=request.partition,
+        max_groups=request.max_groups,
+        num_batches=request.batches,
+        heldout_batches=request.heldout_batches,
+        seed=request.seed,
+        progress=progress,
+    )
+
+
+def _on_device(batches: ProbeBatches, device: torch.device) -> Iterator[tuple[Any, Any]]:
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _sample_output(model: nn.Module, dataset: Dataset, device: torch.device) -> Any:
+    """The model's output on two examples, in eval mode so no BatchNorm buffer moves."""
+    x = dataset.x[: min(2, dataset.num_examples)]
+    if dataset.kind == "tokens":
+        x = x.to(torch.int64)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x.to(device))
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise IntakeError(
+            "incompatible_model_input",
+            f"The model cannot take this data's examples of shape {tuple(x.shape[1:])} ({exc}); "
+            "check the architecture config against the data.",
+        ) from None
+    finally:
+        model.train(training)
