@@ -38,5 +38,17 @@ def _register() -> None:
 _register()
 
 
+def _register_service() -> None:
+    from cli.keys import keys_app
+    from cli.serve import migrate_command, serve_command
+
+    app.command("serve")(serve_command)
+    app.command("migrate")(migrate_command)
+    app.add_typer(keys_app, name="keys")
+
+
+_register_service()
+
+
 def main() -> None:
     app()

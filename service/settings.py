@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         2 * 1024**3, description="Largest accepted checkpoint or dataset upload, in bytes."
     )
+    allow_pt2: bool = Field(
+        False,
+        description="Accept torch.export .pt2 checkpoints (loading one unpickles parts of it "
+        "after a strict pre-scan; off by default).",
+    )
     lease_seconds: float = Field(
         60.0, description="A running job's lease; a worker renews it every third of this."
     )

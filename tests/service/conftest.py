@@ -52,3 +52,45 @@ def sessions(
     finally:
         Base.metadata.drop_all(engine)
         engine.dispose()
+
+
+# --- the HTTP API on both databases ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_url: str) -> str:
+    from service import migrate
+
+    migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture(scope="module")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from service import migrate
+
+    path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def api(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    migrated_postgres: str,
+    migrated_sqlite_template: Path,
+) -> Iterator[object]:
+    """The app on a migrated database with two ordinary keys and an admin key; the queue is a
+    recording fake (the real broker path is tested with the worker)."""
+    import shutil
+
+    from tests.service.api_support import start_api
+
+    if request.param == "sqlite":
+        shutil.copy(migrated_sqlite_template, tmp_path / "lrprobe.sqlite")
+        url = f"sqlite:///{tmp_path / 'lrprobe.sqlite'}"
+    else:
+        url = migrated_postgres
+    with start_api(url, tmp_path) as running:
+        yield running

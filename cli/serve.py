@@ -1,0 +1,77 @@
+"""``lrprobe serve`` (embedded mode: API + worker + reaper, SQLite and a data dir, no external
+servers) and ``lrprobe migrate`` (production: the one-shot schema upgrade)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import typer
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def _ensure_admin(settings: object, *, announce: bool) -> None:
+    from service.db import make_engine, make_sessionmaker
+    from service.keys import ensure_admin_key
+    from service.settings import Settings
+
+    assert isinstance(settings, Settings)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        secret = ensure_admin_key(make_sessionmaker(engine), settings.bootstrap_admin_key)
+    finally:
+        engine.dispose()
+    if secret is not None and announce and settings.bootstrap_admin_key is None:
+        typer.echo(f"Admin API key (shown once, keep it): {secret}")
+    elif secret is not None:
+        typer.echo("Admin API key created from LRPROBE_BOOTSTRAP_ADMIN_KEY.")
+
+
+def migrate_command(
+    revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
+) -> None:
+    """Upgrade the database schema (and create the bootstrap admin key if configured)."""
+    from service import migrate
+    from service.settings import Settings
+
+    settings = Settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"database at {revision}")
+    if settings.bootstrap_admin_key is not None:
+        _ensure_admin(settings, announce=False)
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    worker: bool = typer.Option(
+        True, "--worker/--no-worker", help="Run the embedded worker and reaper processes."
+    ),
+) -> None:
+    """Run lrprobe locally (API, worker and reaper; OpenAPI at /docs)."""
+    import uvicorn
+
+    from service import migrate
+    from service.app import create_app
+    from service.embedded import start_background_services
+    from service.settings import Settings
+
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    _ensure_admin(settings, announce=True)
+    background = start_background_services(settings) if worker else None
+    # uvicorn re-raises the SIGTERM it handled once the server has stopped; turning it into
+    # SystemExit lets the finally below stop the worker and reaper instead of orphaning them.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port)
+    finally:
+        if background is not None:
+            background.stop()

@@ -1,0 +1,416 @@
+"""THE wire contract of lrprobe's HTTP API (v1): request and response models shared by the
+service, the worker (which parses ``jobs.spec`` with :class:`JobCreate`) and the SDK.
+
+Pydantic v2 only: no torch, no FastAPI, no SQLAlchemy. Field names here are the JSON names.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ERROR_CODES: tuple[str, ...] = (
+    # request and protocol
+    "bad_request",
+    "validation_error",
+    "invalid_cursor",
+    "unsupported_media_type",
+    "not_found",
+    "method_not_allowed",
+    "unauthorized",
+    "admin_required",
+    "rate_limited",
+    "service_unavailable",
+    "internal_error",
+    # resources
+    "model_not_found",
+    "dataset_not_found",
+    "job_not_found",
+    "key_not_found",
+    "idempotency_conflict",
+    "job_not_finished",
+    "job_finished",
+    # uploads (the same codes as the worker's intake)
+    "checkpoint_too_large",
+    "dataset_too_large",
+    "empty_upload",
+    "unsupported_checkpoint",
+    "pickle_refused",
+    "torchscript_refused",
+    "pt2_disabled",
+    "arch_not_applicable",
+    "arch_required",
+    "invalid_arch_config",
+    "unsupported_data_format",
+    # data references (the same codes as the worker's intake)
+    "invalid_data_ref",
+    "unsupported_data_scheme",
+    "data_ref_refused",
+    "host_not_allowed",
+    "unknown_builtin_dataset",
+)
+"""Stable ``code`` values of :class:`Problem`; the SDK maps each to an exception class. Jobs
+that fail in the worker carry the intake's or the core's codes in ``JobOut.error.code``."""
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+LossName = Literal["cross_entropy", "mse", "bce", "lm_cross_entropy"]
+OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
+PartitionRuleName = Literal["layer", "tensor", "single"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    """Responses: unknown fields from a newer server are kept, not rejected."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- job spec --------------------------------------------------------------------------------
+
+
+class OptimizerSpec(BaseModel):
+    """The optimizer the user will train with; hyperparameters follow ``torch.optim``.
+    A bare name (``"adam"``) means that optimizer with these defaults."""
+
+    model_config = _STRICT
+
+    name: OptimizerName = Field(description="sgd, momentum (SGD with momentum), adam or adamw.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum, in [0, 1).")
+    dampening: float = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs dampening 0).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
+    eps: float = Field(1e-8, gt=0.0, description="Adam epsilon, > 0.")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay, ≥ 0.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("both betas must lie in [0, 1), e.g. [0.9, 0.999]")
+        return value
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "momentum" or self.dampening != 0.0):
+            raise ValueError(
+                "nesterov needs the 'momentum' optimizer with dampening 0 (as in torch.optim.SGD)"
+            )
+        return self
+
+
+class PartitionSpec(BaseModel):
+    """How parameters are grouped, one learning rate per group. A bare rule string (``"layer"``)
+    means that rule; ``{"rule": {"^encoder\\\\.": "encoder"}}`` groups by regular expressions
+    (parameters matching none go to a group named ``rest``)."""
+
+    model_config = _STRICT
+
+    rule: PartitionRuleName | dict[str, str] = Field(
+        "layer",
+        description="layer (one group per module owning parameters), tensor, single, or a "
+        "mapping {regex: group_name}.",
+    )
+    max_groups: int | None = Field(
+        None, ge=1, le=10_000, description="Merge groups beyond this count (None: no limit)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_rule(cls, value: Any) -> Any:
+        return {"rule": value} if isinstance(value, str) else value
+
+    @field_validator("rule")
+    @classmethod
+    def _regexes_compile(cls, value: str | dict[str, str]) -> str | dict[str, str]:
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError("a regex partition needs at least one {regex: group_name} rule")
+            for pattern, name in value.items():
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"{pattern!r} is not a valid regular expression: {exc}"
+                    ) from None
+                if not name or len(name) > 200:
+                    raise ValueError(f"the group name for {pattern!r} must be 1-200 characters")
+        return value
+
+
+class BudgetSpec(BaseModel):
+    """What the probe may spend."""
+
+    model_config = _STRICT
+
+    batches: int = Field(16, ge=1, le=256, description="Probe batches K (1-256).")
+    batch_size: int = Field(128, ge=1, le=8192, description="Examples per batch (1-8192).")
+    heldout_batches: int = Field(4, ge=1, le=64, description="Held-out batches (1-64).")
+    time_limit_s: float | None = Field(
+        None,
+        ge=10.0,
+        le=86_400.0,
+        description="Wall-clock cap of the probe in seconds (10-86400); default: the server's.",
+    )
+
+
+class JobCreate(BaseModel):
+    """A probe request: which model, which data, and how the user will train."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_id: str = Field(min_length=1, max_length=64, description="An uploaded model's id.")
+    data: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Data reference: builtin://NAME, file:///PATH (under a data root), "
+        "https://HOST/PATH, s3://BUCKET/KEY, gs://BUCKET/KEY or upload://DATASET_ID.",
+        examples=["builtin://digits"],
+    )
+    loss: LossName = Field(description="cross_entropy, mse, bce or lm_cross_entropy.")
+    optimizer: OptimizerSpec = Field(
+        default_factory=lambda: OptimizerSpec(name="sgd"),
+        description="The optimizer the user trains with (or its bare name).",
+    )
+    partition: PartitionSpec = Field(
+        default_factory=PartitionSpec, description="Grouping of parameters (or a bare rule)."
+    )
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    block_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="Context length for token-stream data."
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    device: DeviceName = "auto"
+    label: str | None = Field(None, max_length=200, description="A free-form name for the job.")
+
+
+# --- resources -------------------------------------------------------------------------------
+
+
+class ModelOut(_Out):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    id: str
+    sha256: str
+    filename: str
+    size_bytes: int
+    format: str = Field(description="safetensors, torch_state_dict, hf or pt2.")
+    arch: str | None = None
+    arch_config: dict[str, Any] = Field(default_factory=dict)
+    num_params: int = 0
+    groups: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Provisional per-layer grouping read from the file's tensor names "
+        "(group → tensor names); the probe's partition is authoritative.",
+    )
+    created_at: datetime
+
+
+class DatasetOut(_Out):
+    id: str
+    sha256: str
+    filename: str
+    size_bytes: int
+    format: str = Field(description="npz, pt, csv, parquet, npy or bin.")
+    created_at: datetime
+    uri: str = Field(description="The data reference to use in a job: upload://ID.")
+
+
+class JobProgress(_Out):
+    done: int = 0
+    total: int = 0
+    phase: str | None = None
+
+
+class JobError(_Out):
+    code: str
+    detail: str | None = None
+
+
+class JobOut(_Out):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    id: str
+    status: JobStatusName
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    attempts: int = 0
+    cancel_requested: bool = False
+    spec: JobCreate
+    error: JobError | None = None
+    model_id: str
+    label: str | None = None
+
+
+class JobPage(_Out):
+    items: list[JobOut]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= for the next page; null on the last page."
+    )
+
+
+class JobEvent(_Out):
+    id: int
+    job_id: str
+    at: datetime
+    kind: str = Field(description="status or progress.")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobEventList(_Out):
+    """The polling fallback of the event stream: events after ``?after=``."""
+
+    items: list[JobEvent]
+    status: JobStatusName
+    final: bool = Field(description="True when the job is final and no further events come.")
+
+
+# --- recommendation (mirror of worker.newton.ProbeResult.to_dict()) --------------------------
+
+
+class Spread(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    median: float | None = None
+    iqr: float | None = None
+    negative_fraction: float | None = None
+
+
+class GroupRecommendation(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    param_names: list[str]
+    numel: int
+    lr: float | None
+    lr_interval: tuple[float | None, float | None]
+    eta: float | None
+    eta_interval: tuple[float | None, float | None]
+    eta_newton: float | None = None
+    eta_diagonal: float | None = None
+    g: float | None = None
+    g_snr: float | None = None
+    h: float | None = None
+    curvature: float | None = None
+    d3: float | None = None
+    spread: Spread
+    flags: list[str] = Field(default_factory=list)
+
+
+class ScaleCheck(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    scale: float
+    predicted: float | None
+    realised: float | None
+    ratio: float | None = None
+
+
+class Cost(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    batches: int
+    passes: dict[str, int] = Field(default_factory=dict)
+    seconds: float
+    fb_seconds: float | None = None
+    fb_equivalents: float | None = None
+    device: str
+
+
+class Recommendation(BaseModel):
+    """What a succeeded job produced; non-finite numbers are ``null``. New diagnostics of later
+    method versions pass through (``extra="allow"``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    method_version: str
+    optimizer: dict[str, Any]
+    direction: str
+    lr_factor: float | None
+    scale: float | None
+    groups: list[GroupRecommendation]
+    single_group_lr: float | None
+    single_group_eta: float | None
+    single_group_interval: tuple[float | None, float | None]
+    status: str
+    lam_int: float | None = None
+    loss: float | None = None
+    hessian_eigenvalues: list[float | None] = Field(default_factory=list)
+    coupling: list[list[float | None]] = Field(default_factory=list)
+    predicted_decrease: dict[str, float | None] = Field(default_factory=dict)
+    scale_checks: list[ScaleCheck] = Field(default_factory=list)
+    cost: Cost
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def lrs(self) -> dict[str, float | None]:
+        """Recommended learning rate per group name."""
+        return {g.name: g.lr for g in self.groups}
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = _STRICT
+
+    name: str = Field(min_length=1, max_length=200, description="Who or what uses the key.")
+    admin: bool = Field(False, description="Admin keys manage keys.")
+
+
+class ApiKeyOut(_Out):
+    id: str
+    name: str
+    prefix: str = Field(description="The secret's first characters, to tell keys apart.")
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret: str = Field(description="The key itself; shown once, stored only as a hash.")
+
+
+# --- errors and health -----------------------------------------------------------------------
+
+
+class FieldError(_Out):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(_Out):
+    """RFC 9457 problem details, with a stable ``code`` (see :data:`ERROR_CODES`)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class Ready(_Out):
+    status: Literal["ready", "not_ready"]
+    checks: Annotated[
+        dict[str, bool], Field(description="database, schema (at the latest migration), broker.")
+    ]
+    detail: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,164 @@
+"""The FastAPI application factory. Nothing is built at import time: the lifespan creates the
+engine, sessions, artifact store and queue from the settings and hangs them on ``app.state``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import migrate
+from service.artifacts import ArtifactStore
+from service.db import make_engine, make_sessionmaker
+from service.deps import Services
+from service.errors import (
+    PROBLEM_MEDIA_TYPE,
+    BadRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ServiceError,
+    ServiceUnavailableError,
+    UnprocessableError,
+    problem_body,
+)
+from service.metrics import Metrics, MetricsMiddleware
+from service.queue import JobQueue
+from service.ratelimit import RateLimiter
+from service.routes import health, jobs, keys, uploads
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
+    """The lrprobe API for ``settings``. ``queue`` replaces the Celery queue (tests).
+
+    Startup fails if the database is not at the latest migration (run ``lrprobe migrate``;
+    ``lrprobe serve`` migrates first)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url)
+        own_queue = None
+        try:
+            heads = migrate.head_revisions()
+            migrate.check_at_head(engine, heads)
+            sessions = make_sessionmaker(engine)
+            upload_dir = (settings.data_dir / "tmp").resolve()
+            upload_dir.mkdir(parents=True, exist_ok=True)
+            if queue is None:
+                from service.queue import CeleryQueue
+
+                own_queue = CeleryQueue(settings)
+            app.state.services = Services(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                store=ArtifactStore(settings.resolved_artifact_url),
+                queue=queue or own_queue,  # type: ignore[arg-type]
+                limiter=RateLimiter(settings.rate_limit_per_minute),
+                metrics=metrics,
+                schema_heads=heads,
+                upload_dir=upload_dir,
+            )
+            metrics.watch_jobs(sessions)
+            yield
+        finally:
+            metrics.unwatch_jobs()
+            if own_queue is not None:
+                own_queue.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="lrprobe",
+        summary="Per-layer learning rates for PyTorch models from one short grouped-Newton probe.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for router in (health.router, uploads.router, jobs.router, keys.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+def _problem(request: Request, error: ServiceError) -> JSONResponse:
+    return JSONResponse(
+        problem_body(error, request.url.path),
+        status_code=error.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=error.headers or None,
+    )
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type"))}
+        for e in exc.errors()
+    ]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """ONE place turns every error into problem+json."""
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return _problem(request, exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = _field_errors(exc)
+        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        detail = f"The request is invalid: {where}: {first['msg']}{more}; see errors."
+        return _problem(request, UnprocessableError(detail, errors=errors))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        error: ServiceError
+        if exc.status_code == 404:
+            error = NotFoundError(f"There is no resource at {request.url.path}; see /docs.")
+        elif exc.status_code == 405:
+            error = MethodNotAllowedError(
+                f"{request.method} is not allowed on {request.url.path}; see /docs."
+            )
+        else:
+            error = BadRequestError(str(exc.detail))
+            error.status = exc.status_code  # type: ignore[misc]
+        error.headers = dict(exc.headers or {})
+        return _problem(request, error)
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        outage = isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        )
+        if not outage:
+            return await unexpected(request, exc)
+        log.warning("database unavailable: %s", exc)
+        return _problem(
+            request,
+            ServiceUnavailableError(
+                "The database is unavailable; retry shortly.", headers={"Retry-After": "5"}
+            ),
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _problem(request, ServiceError("An unexpected error occurred; it was logged."))
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PoolTimeoutError, database_error)
+    app.add_exception_handler(Exception, unexpected)

@@ -1,0 +1,91 @@
+"""What routes receive: the app's services and the authenticated key, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from service.artifacts import ArtifactStore
+from service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
+from service.keys import Principal, authenticate
+from service.metrics import Metrics
+from service.queue import JobQueue
+from service.ratelimit import RateLimiter
+from service.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything the lifespan builds; routes reach it through the dependencies below."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    queue: JobQueue
+    limiter: RateLimiter
+    metrics: Metrics
+    schema_heads: frozenset[str]
+    upload_dir: Path
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def _sessions(services: ServicesDep) -> sessionmaker[Session]:
+    return services.sessions
+
+
+def _settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+SessionsDep = Annotated[sessionmaker[Session], Depends(_sessions)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+_bearer = HTTPBearer(auto_error=False, description="An lrprobe API key (lrp_…).")
+
+
+async def _current_key(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise UnauthorizedError(
+            "This endpoint needs an API key: send the header Authorization: Bearer <key>."
+        )
+    principal = await run_in_threadpool(authenticate, services.sessions, credentials.credentials)
+    if principal is None:
+        raise UnauthorizedError("The API key is unknown or revoked; ask an admin for a new one.")
+    wait = services.limiter.take(principal.id)
+    if wait is not None:
+        raise RateLimitedError(
+            f"This key is over its limit of {services.settings.rate_limit_per_minute} requests "
+            f"per minute; retry in {wait} s.",
+            retry_after=wait,
+        )
+    return principal
+
+
+CurrentKey = Annotated[Principal, Depends(_current_key)]
+
+
+def _admin_key(key: CurrentKey) -> Principal:
+    if not key.admin:
+        raise AdminRequiredError("Managing API keys needs an admin key.")
+    return key
+
+
+AdminKey = Annotated[Principal, Depends(_admin_key)]

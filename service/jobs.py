@@ -1,0 +1,281 @@
+"""Job use cases: submit (idempotent), list (cursor pages), read, cancel, results and events.
+
+Each function is one transaction; a new job is sent to the queue only after its row is
+committed, and a failed send is left to the reaper, which re-sends jobs queued for too long.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, bindparam, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from client.schemas import (
+    JobCreate,
+    JobError,
+    JobEvent,
+    JobEventList,
+    JobOut,
+    JobPage,
+    JobProgress,
+)
+from client.schemas import Recommendation as RecommendationOut
+from service import lifecycle
+from service.data_refs import check_data_ref
+from service.errors import (
+    IdempotencyConflictError,
+    InvalidCursorError,
+    JobFinishedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    ModelNotFoundError,
+)
+from service.keys import Principal
+from service.lifecycle import FINAL, JobStatus
+from service.models import DatasetArtifact, Job, ModelArtifact, Recommendation, UTCDateTime, utcnow
+from service.models import JobEvent as JobEventRow
+from service.queue import JobQueue
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 200
+MAX_EVENTS = 500
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobOut
+    created: bool  # False: an Idempotency-Key replay of an earlier request
+
+
+def job_out(job: Job) -> JobOut:
+    error = None
+    if job.error_code is not None:
+        error = JobError(code=job.error_code, detail=job.error_detail)
+    return JobOut(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=JobProgress(
+            done=job.progress_done, total=job.progress_total, phase=job.progress_phase
+        ),
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        spec=JobCreate.model_validate(job.spec),
+        error=error,
+        model_id=job.model_id,
+        label=job.spec.get("label"),
+    )
+
+
+def _request_hash(spec: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def submit_job(
+    sessions: sessionmaker[Session],
+    queue: JobQueue,
+    settings: Settings,
+    owner: Principal,
+    request: JobCreate,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    spec = request.model_dump(mode="json")
+    digest = _request_hash(spec)
+    if idempotency_key is not None:
+        replay = _replay(sessions, owner, idempotency_key, digest)
+        if replay is not None:
+            return Submitted(replay, created=False)
+    try:
+        with sessions.begin() as session:
+            model = session.scalar(
+                select(ModelArtifact.id).where(
+                    ModelArtifact.id == request.model_id, ModelArtifact.owner_id == owner.id
+                )
+            )
+            if model is None:
+                raise ModelNotFoundError(
+                    f"There is no model {request.model_id!r}; upload the checkpoint with "
+                    "POST /v1/models and use the id it returns."
+                )
+            check_data_ref(request.data, settings, lambda d: _owns_dataset(session, owner, d))
+            now = utcnow()
+            job = Job(
+                id=lifecycle.new_id(),
+                owner_id=owner.id,
+                model_id=request.model_id,
+                status=JobStatus.QUEUED,
+                spec=spec,
+                idempotency_key=idempotency_key,
+                request_hash=digest if idempotency_key is not None else None,
+                created_at=now,
+                queued_at=now,
+            )
+            session.add(job)
+            session.flush()
+            lifecycle.record(session, job.id, "status", status=JobStatus.QUEUED)
+            out = job_out(job)
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        replay = _replay(sessions, owner, idempotency_key, digest)
+        if replay is None:
+            raise
+        return Submitted(replay, created=False)
+    try:
+        queue.send(out.id, request.budget.time_limit_s)
+    except Exception:
+        log.warning("could not send job %s to the broker; the reaper will re-send it", out.id,
+                    exc_info=True)  # fmt: skip
+    return Submitted(out, created=True)
+
+
+def _owns_dataset(session: Session, owner: Principal, dataset_id: str) -> bool:
+    found = session.scalar(
+        select(DatasetArtifact.id).where(
+            DatasetArtifact.id == dataset_id, DatasetArtifact.owner_id == owner.id
+        )
+    )
+    return found is not None
+
+
+def _replay(
+    sessions: sessionmaker[Session], owner: Principal, key: str, digest: str
+) -> JobOut | None:
+    with sessions() as session:
+        job = session.scalar(
+            select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key)
+        )
+        if job is None:
+            return None
+        if job.request_hash != digest:
+            raise IdempotencyConflictError(
+                f"The Idempotency-Key {key!r} was used for a different request (job {job.id}); "
+                "use a new key for a new job, or resend the original body."
+            )
+        return job_out(job)
+
+
+def _owned_job(session: Session, owner: Principal, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner.id))
+    if job is None:
+        raise JobNotFoundError(f"There is no job {job_id!r}; list your jobs with GET /v1/jobs.")
+    return job
+
+
+def get_job(sessions: sessionmaker[Session], owner: Principal, job_id: str) -> JobOut:
+    with sessions() as session:
+        return job_out(_owned_job(session, owner, job_id))
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None or not isinstance(job_id, str):
+            raise ValueError
+        return at, job_id
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidCursorError(
+            "The cursor is not one this server gave out; pass next_cursor from the previous "
+            "page unchanged, or leave it out for the first page."
+        ) from None
+
+
+def list_jobs(
+    sessions: sessionmaker[Session],
+    owner: Principal,
+    *,
+    status: JobStatus | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> JobPage:
+    """Newest first; pages follow (created_at, id), which the owner/status indexes serve."""
+    limit = max(1, min(limit, MAX_PAGE))
+    query = select(Job).where(Job.owner_id == owner.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor is not None:
+        at, job_id = _decode_cursor(cursor)
+        query = query.where(
+            tuple_(Job.created_at, Job.id)
+            < tuple_(bindparam("c_at", at, type_=UTCDateTime()), bindparam("c_id", job_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    with sessions() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(
+        items=[job_out(j) for j in rows],
+        next_cursor=_encode_cursor(rows[-1]) if more and rows else None,
+    )
+
+
+def cancel_job(sessions: sessionmaker[Session], owner: Principal, job_id: str) -> JobOut:
+    """Cancel a queued job at once; ask a running one to stop (it stops at its next batch).
+    Cancelling a cancelled job is a no-op; a succeeded or failed job cannot be cancelled."""
+    get_job(sessions, owner, job_id)  # ownership
+    after = lifecycle.request_cancel(sessions, job_id)
+    if after in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise JobFinishedError(f"Job {job_id} already {after}; there is nothing to cancel.")
+    return get_job(sessions, owner, job_id)
+
+
+def get_recommendation(
+    sessions: sessionmaker[Session], owner: Principal, job_id: str
+) -> RecommendationOut:
+    with sessions() as session:
+        job = _owned_job(session, owner, job_id)
+        if job.status != JobStatus.SUCCEEDED:
+            hint = (
+                f"it failed ({job.error_code})"
+                if job.status == JobStatus.FAILED
+                else f"it is {job.status}"
+            )
+            raise JobNotFinishedError(
+                f"Job {job_id} has no recommendation: {hint}; a recommendation exists once the "
+                "job has succeeded (follow GET /v1/jobs/{id}/events)."
+            )
+        row = session.get_one(Recommendation, job_id)
+        return RecommendationOut.model_validate(
+            {**row.data, "method_version": row.data.get("method_version", row.method_version)}
+        )
+
+
+def list_events(
+    sessions: sessionmaker[Session], owner: Principal, job_id: str, after: int = 0,
+    limit: int = MAX_EVENTS,
+) -> JobEventList:  # fmt: skip
+    """Events with id > ``after``, oldest first; ``final`` once the job is final and every
+    event has been returned."""
+    with sessions() as session:
+        job = _owned_job(session, owner, job_id)
+        status = JobStatus(job.status)  # read before the events: no event can be missed
+        rows = session.scalars(
+            select(JobEventRow)
+            .where(and_(JobEventRow.job_id == job_id, JobEventRow.id > after))
+            .order_by(JobEventRow.id)
+            .limit(limit + 1)
+        ).all()
+    complete = len(rows) <= limit
+    items = [JobEvent.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    return JobEventList(items=items, status=status.value, final=status in FINAL and complete)

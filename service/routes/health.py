@@ -1,0 +1,68 @@
+"""Liveness, readiness and Prometheus metrics (no authentication)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from client.schemas import Health, Ready
+from service import migrate
+from service.deps import Services, ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+def _version() -> str:
+    try:
+        return version("lrprobe")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up (no dependency is checked)."""
+    return Health(version=_version())
+
+
+def _readiness(services: Services) -> Ready:
+    checks: dict[str, bool] = {}
+    detail: dict[str, str] = {}
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception as exc:
+        checks["database"] = False
+        detail["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        migrate.check_at_head(services.engine, services.schema_heads)
+        checks["schema"] = True
+    except Exception as exc:
+        checks["schema"] = False
+        detail["schema"] = str(exc) if checks["database"] else "unknown: database unreachable"
+    checks["broker"] = services.queue.ping()
+    if not checks["broker"]:
+        detail["broker"] = "unreachable"
+    status = "ready" if all(checks.values()) else "not_ready"
+    return Ready(status=status, checks=checks, detail=detail)  # type: ignore[arg-type]
+
+
+@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready to serve: database reachable, schema at the latest migration, broker reachable."""
+    ready = await run_in_threadpool(_readiness, services)
+    return JSONResponse(
+        ready.model_dump(mode="json"), status_code=200 if ready.status == "ready" else 503
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus exposition format."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

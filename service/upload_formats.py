@@ -1,0 +1,473 @@
+"""Torch-free pre-validation of uploads: what a file is, read from its content, never run.
+
+Checkpoints (the worker's intake does the full fit check against the architecture at probe
+time; this refuses early what it would refuse anyway, with the same codes):
+
+- safetensors: the JSON header is parsed; tensor names, shapes and dtypes give the parameter
+  count and a provisional per-layer grouping; ``lrprobe.arch``/``lrprobe.arch_config`` metadata
+  name the architecture;
+- zip archives, by member names: TorchScript (``code/``, ``constants.pkl``) is refused;
+  ``torch.export`` (``archive_format``, ``models/model.json``) is ``pt2``; ``data.pkl`` is a
+  ``torch.save`` file whose pickle is scanned opcode by opcode (not executed): any global
+  beyond tensor rebuilding and ``OrderedDict`` means a pickled object, refused; ``config.json``
+  with ``*.safetensors`` is a Hugging Face folder archive;
+- tar archives (plain or compressed) of a Hugging Face folder;
+- a raw pickle stream is refused; anything else is unsupported.
+
+Datasets are sniffed cheaply: ``.npz`` (zip of ``.npy``), ``.npy``, ``.pt`` (zip ``torch.save``,
+its pickle scanned as above), Parquet, CSV (UTF-8 text with a header line) and ``.bin`` token
+streams.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickletools
+import tarfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
+
+from service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
+
+ARCH_METADATA_KEY = "lrprobe.arch"
+CONFIG_METADATA_KEY = "lrprobe.arch_config"
+MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_ARCHIVE_MEMBERS = 10_000
+MAX_PICKLE_BYTES = 64 << 20
+_SAFE_FORMATS = "a .safetensors state dict with an architecture name"
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+# What a state dict's pickle may reference: tensor rebuilding, storages, containers, dtypes.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("collections", "OrderedDict"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_tensor_v3"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch._utils", "_rebuild_parameter_with_state"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("torch", "device"),
+    }
+)
+_TORCH_STORAGES = frozenset(
+    f"{kind}Storage"
+    for kind in (
+        "Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
+        "ComplexFloat", "ComplexDouble", "Untyped",
+    )
+)  # fmt: skip
+_TORCH_DTYPES = frozenset(
+    {"float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8",
+     "bool", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    format: str
+    arch: str | None = None
+    arch_config: dict[str, Any] = field(default_factory=dict)
+    num_params: int = 0
+    groups: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    format: str
+
+
+# --- refusals, with the intake's codes ------------------------------------------------------
+
+
+def _unsupported(reason: str) -> ServiceError:
+    return UnsupportedMediaTypeError(
+        f"{reason}; send {_SAFE_FORMATS}, a Hugging Face folder archive (config.json + "
+        "safetensors), or a plain state dict saved with torch.save(model.state_dict()).",
+        code="unsupported_checkpoint",
+    )
+
+
+def _pickle_refused(reason: str) -> ServiceError:
+    return UnprocessableError(
+        f"{reason}, and pickles can run code when loaded, so it was not opened; save "
+        "model.state_dict() with safetensors.torch.save_file (or lrprobe's save_checkpoint) "
+        "and send that with the architecture name.",
+        code="pickle_refused",
+    )
+
+
+def _torchscript_refused() -> ServiceError:
+    return UnprocessableError(
+        "The file is a TorchScript archive, whose code would run when loaded; send "
+        f"{_SAFE_FORMATS} (or a torch.export .pt2 where the operator enables it).",
+        code="torchscript_refused",
+    )
+
+
+def _arch_not_applicable(what: str) -> ServiceError:
+    return UnprocessableError(
+        f"The checkpoint is {what}, which carries its own architecture; send it without "
+        "arch and arch_config.",
+        code="arch_not_applicable",
+    )
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def inspect_checkpoint(
+    path: Path,
+    *,
+    arch: str | None = None,
+    arch_config: dict[str, Any] | None = None,
+    allow_pt2: bool = False,
+) -> CheckpointInfo:
+    """Classify the checkpoint at ``path``; raise a ``ServiceError`` with an intake code if the
+    worker would refuse it. ``arch``/``arch_config`` (from the upload form) override the
+    safetensors metadata."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UnprocessableError(
+            "The uploaded file is empty; send the checkpoint file.", code="empty_upload"
+        )
+    with path.open("rb") as f:
+        head = f.read(512)
+    if _looks_like_safetensors(head):
+        return _inspect_safetensors(path, size, arch, arch_config)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return _inspect_checkpoint_zip(path, arch, arch_config, allow_pt2)
+    if _looks_like_tar(head):
+        if arch is not None or arch_config is not None:
+            raise _arch_not_applicable("a Hugging Face model archive")
+        return _inspect_hf_tar(path)
+    if _looks_like_pickle(head):
+        raise _pickle_refused("The file is a raw pickle stream (or a legacy torch.save file)")
+    raise _unsupported("The file is not a format lrprobe reads")
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= MAX_SAFETENSORS_HEADER
+
+
+def _looks_like_tar(head: bytes) -> bool:
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80" and head[1:2] in {bytes([v]) for v in range(2, 6)}
+
+
+def _safetensors_header(raw: bytes, payload_size: int | None) -> dict[str, Any]:
+    """Validate a safetensors header; ``payload_size`` (bytes after the header) if known."""
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise _unsupported("The safetensors header is not valid JSON (truncated file?)") from None
+    if not isinstance(header, dict):
+        raise _unsupported("The safetensors header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict):
+                raise _unsupported("The safetensors metadata is not a JSON object")
+            continue
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("dtype"), str)
+            or not isinstance(entry.get("shape"), list)
+            or not all(isinstance(d, int) and d >= 0 for d in entry["shape"])
+            or not isinstance(entry.get("data_offsets"), list)
+            or len(entry["data_offsets"]) != 2
+        ):
+            raise _unsupported(f"The safetensors entry {name!r} is malformed")
+        end = max(end, int(entry["data_offsets"][1]))
+    if payload_size is not None and end > payload_size:
+        raise _unsupported("The safetensors file is truncated (its tensors end past the file)")
+    return header
+
+
+def _inspect_safetensors(
+    path: Path, size: int, arch: str | None, arch_config: dict[str, Any] | None
+) -> CheckpointInfo:
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if 8 + length > size:
+            raise _unsupported("The safetensors file is truncated (its header ends past the file)")
+        header = _safetensors_header(f.read(length), size - 8 - length)
+    metadata = header.pop("__metadata__", None) or {}
+    shapes = {name: entry["shape"] for name, entry in header.items()}
+    if not shapes:
+        raise UnprocessableError(
+            "The safetensors file holds no tensors; send the model's state dict.",
+            code="unsupported_checkpoint",
+        )
+    meta_arch = metadata.get(ARCH_METADATA_KEY)
+    chosen_config = arch_config
+    raw_config = metadata.get(CONFIG_METADATA_KEY)
+    if chosen_config is None and raw_config is not None and (arch is None or arch == meta_arch):
+        try:
+            chosen_config = json.loads(raw_config)
+        except (TypeError, ValueError):
+            chosen_config = None
+        if not isinstance(chosen_config, dict):
+            raise UnprocessableError(
+                f"The safetensors metadata {CONFIG_METADATA_KEY!r} is not a JSON object; send "
+                "arch_config with the upload or re-save with save_checkpoint.",
+                code="invalid_arch_config",
+            )
+    chosen_arch = arch if arch is not None else meta_arch
+    if not chosen_arch:
+        raise UnprocessableError(
+            "A state dict holds only weights, and no architecture was given or stored in the "
+            "file's metadata; send the architecture name (form field arch, and arch_config) "
+            "with the weights.",
+            code="arch_required",
+        )
+    return CheckpointInfo(
+        format="safetensors",
+        arch=chosen_arch,
+        arch_config=chosen_config or {},
+        num_params=_count_params(shapes),
+        groups=_layer_groups(shapes),
+    )
+
+
+def _count_params(shapes: dict[str, list[int]]) -> int:
+    return sum(math.prod(shape) for name, shape in shapes.items() if not _is_buffer(name))
+
+
+def _is_buffer(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in _BUFFER_SUFFIXES
+
+
+def _layer_groups(shapes: dict[str, list[int]]) -> dict[str, list[str]]:
+    """Provisional per-layer groups: tensors grouped by the module path that owns them."""
+    groups: dict[str, list[str]] = {}
+    for name in shapes:
+        if not _is_buffer(name):
+            owner = name.rsplit(".", 1)[0] if "." in name else name
+            groups.setdefault(owner, []).append(name)
+    return groups
+
+
+def _zip_names(path: Path) -> tuple[zipfile.ZipFile, list[str]]:
+    try:
+        zf = zipfile.ZipFile(path)
+        names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise _unsupported("The zip archive is truncated or corrupt") from None
+    if len(names) > MAX_ARCHIVE_MEMBERS:
+        zf.close()
+        raise _unsupported(f"The archive has more than {MAX_ARCHIVE_MEMBERS} members")
+    return zf, names
+
+
+def _inner(names: Iterable[str]) -> set[str]:
+    """Member names below the archive's top folder (torch.save writes ``NAME/data.pkl``)."""
+    return {str(PurePosixPath(*PurePosixPath(n).parts[1:])) for n in names if "/" in n}
+
+
+def _inspect_checkpoint_zip(
+    path: Path, arch: str | None, arch_config: dict[str, Any] | None, allow_pt2: bool
+) -> CheckpointInfo:
+    zf, names = _zip_names(path)
+    with zf:
+        inner = _inner(names)
+        if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
+            raise _torchscript_refused()
+        if "archive_format" in inner or "models/model.json" in inner:
+            if arch is not None or arch_config is not None:
+                raise _arch_not_applicable("a torch.export archive")
+            if not allow_pt2:
+                raise UnprocessableError(
+                    "torch.export .pt2 archives are not accepted on this deployment; send "
+                    f"{_SAFE_FORMATS}.",
+                    code="pt2_disabled",
+                )
+            return CheckpointInfo(format="pt2")
+        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if pickles:
+            _scan_state_dict_pickle(zf, pickles[0])
+            if not arch:
+                raise UnprocessableError(
+                    "A torch.save state dict holds only weights; send the architecture name "
+                    "(form field arch, and arch_config) with it.",
+                    code="arch_required",
+                )
+            return CheckpointInfo(
+                format="torch_state_dict", arch=arch, arch_config=arch_config or {}
+            )
+        if any(PurePosixPath(n).name == "config.json" for n in names):
+            if arch is not None or arch_config is not None:
+                raise _arch_not_applicable("a Hugging Face model archive")
+            return _hf_info(
+                names, lambda n: zf.read(n) if zf.getinfo(n).file_size < 1 << 20 else b""
+            )
+    raise _unsupported("The zip archive is neither a model folder nor a torch.save file")
+
+
+def _inspect_hf_tar(path: Path) -> CheckpointInfo:
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            members = []
+            config: dict[str, bytes] = {}
+            for member in tf:
+                members.append(member.name)
+                if len(members) > MAX_ARCHIVE_MEMBERS:
+                    raise _unsupported(f"The archive has more than {MAX_ARCHIVE_MEMBERS} members")
+                if member.isfile() and PurePosixPath(member.name).name == "config.json":
+                    handle = tf.extractfile(member)
+                    if handle is not None and member.size < 1 << 20:
+                        config[member.name] = handle.read()
+    except (tarfile.TarError, OSError, EOFError, ValueError):
+        raise _unsupported("The archive is truncated or corrupt") from None
+    return _hf_info(members, lambda n: config.get(n, b""))
+
+
+def _hf_info(names: list[str], read: Any) -> CheckpointInfo:
+    configs = [n for n in names if PurePosixPath(n).name == "config.json"]
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not configs or not weights:
+        raise _unsupported(
+            "The archive is not a Hugging Face model folder with config.json and *.safetensors"
+        )
+    try:
+        config = json.loads(read(min(configs, key=len)))
+    except ValueError:
+        raise _unsupported("The archive's config.json is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise _unsupported("The archive's config.json is not a JSON object")
+    return CheckpointInfo(format="hf", arch=None, arch_config=config)
+
+
+def _scan_state_dict_pickle(zf: zipfile.ZipFile, name: str) -> None:
+    """Refuse a torch.save pickle that references anything but tensors and containers.
+
+    The opcodes are listed, never executed: a global import is the only way a pickle reaches
+    code, so a pickle whose globals are all tensor-rebuilding functions cannot run any."""
+    info = zf.getinfo(name)
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise _pickle_refused("The torch.save file's pickle is unusually large")
+    data = zf.read(name)
+    for module, attr in _pickle_globals(data):
+        if (module, attr) in _ALLOWED_GLOBALS:
+            continue
+        if module == "torch" and (attr in _TORCH_STORAGES or attr in _TORCH_DTYPES):
+            continue
+        raise _pickle_refused(
+            f"The file holds pickled objects other than tensors (it references {module}.{attr}; "
+            "for example a whole module saved with torch.save(model))"
+        )
+
+
+def _pickle_globals(data: bytes) -> list[tuple[str, str]]:
+    """The (module, name) of every global a pickle imports, without unpickling it.
+
+    ``STACK_GLOBAL`` takes its names from the stack, so pushes are followed just far enough to
+    know them: strings pushed directly or fetched from the memo; anything else there (a name
+    built at load time) is reported as unknown, which the caller refuses."""
+    found: list[tuple[str, str]] = []
+    recent: list[str | None] = []  # the last pushed values, None when not a known string
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+                found.append((module, attr))
+                recent.append(None)
+            elif name == "STACK_GLOBAL":
+                pair = recent[-2:]
+                if len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str):
+                    found.append((pair[0], pair[1]))
+                else:
+                    found.append(("<unknown>", "<unknown>"))
+                recent.append(None)
+            elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                recent.append(str(arg))
+            elif name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(cast(int, arg))] = recent[-1] if recent else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                recent.append(memo.get(int(cast(int, arg))))
+            elif name in ("EXT1", "EXT2", "EXT4"):
+                found.append(("copyreg", "extension"))
+                recent.append(None)
+            else:
+                recent.append(None)
+            del recent[:-2]
+    except Exception:  # a malformed stream: refuse, never guess
+        raise _pickle_refused("The torch.save file's pickle is malformed") from None
+    return found
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+DATASET_FORMATS = ("npz", "npy", "pt", "csv", "parquet", "bin")
+
+
+def inspect_dataset(path: Path, filename: str) -> DatasetInfo:
+    """Classify an uploaded dataset from its content (and, for text and token streams, its
+    name); raise ``unsupported_data_format`` or ``pickle_refused``."""
+    size = path.stat().st_size
+    if size == 0:
+        raise UnprocessableError(
+            "The uploaded file is empty; send the dataset file.", code="empty_upload"
+        )
+    suffix = PurePosixPath(filename.lower()).suffix
+    with path.open("rb") as f:
+        head = f.read(65536)
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
+    if head.startswith(b"\x93NUMPY"):
+        return DatasetInfo("npy")
+    if head.startswith(b"PAR1") and tail == b"PAR1":
+        return DatasetInfo("parquet")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        zf, names = _zip_names(path)
+        with zf:
+            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+            if pickles:
+                _scan_state_dict_pickle(zf, pickles[0])
+                return DatasetInfo("pt")
+            if names and all(n.endswith(".npy") for n in names):
+                return DatasetInfo("npz")
+        raise _unsupported_data("The zip archive is neither an .npz nor a torch.save file")
+    if _looks_like_pickle(head):
+        raise _pickle_refused("The file is a raw pickle stream")
+    if suffix == ".bin":
+        return DatasetInfo("bin")
+    if suffix in (".csv", ".tsv", ".txt") or _looks_like_csv(head):
+        if not _looks_like_csv(head):
+            raise _unsupported_data("The file is not UTF-8 text with a header line")
+        return DatasetInfo("csv")
+    raise _unsupported_data("The file is not a dataset format lrprobe reads")
+
+
+def _looks_like_csv(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # The sniffed prefix may end inside a multi-byte character.
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    first = text.split("\n", 1)[0]
+    return bool(first.strip()) and "\x00" not in text and any(c in first for c in ",;\t")
+
+
+def _unsupported_data(reason: str) -> ServiceError:
+    return UnsupportedMediaTypeError(
+        f"{reason}; send .npz or .pt tensors (x, y), Parquet or CSV (feature columns + "
+        "target), or a token stream (.npy or .bin of token ids).",
+        code="unsupported_data_format",
+    )

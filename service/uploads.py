@@ -1,0 +1,133 @@
+"""Use cases for uploaded checkpoints and datasets: inspect, store content-addressed, record."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from client.schemas import DatasetOut, ModelOut
+from service.artifacts import ArtifactStore
+from service.errors import DatasetNotFoundError, ModelNotFoundError, UnprocessableError
+from service.keys import Principal
+from service.lifecycle import new_id
+from service.models import DatasetArtifact, ModelArtifact, utcnow
+from service.upload_formats import inspect_checkpoint, inspect_dataset
+from service.upload_stream import ReceivedFile
+
+
+def parse_arch_config(raw: str | None) -> dict[str, Any] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise UnprocessableError(
+            'The form field arch_config must be a JSON object, e.g. {"hidden": [64, 64]}.',
+            code="invalid_arch_config",
+            errors=[{"loc": ["body", "arch_config"], "msg": "not a JSON object", "type": "json"}],
+        )
+    return value
+
+
+def model_out(row: ModelArtifact) -> ModelOut:
+    return ModelOut.model_validate(row, from_attributes=True)
+
+
+def dataset_out(row: DatasetArtifact) -> DatasetOut:
+    return DatasetOut(
+        id=row.id,
+        sha256=row.sha256,
+        filename=row.filename,
+        size_bytes=row.size_bytes,
+        format=row.format,
+        created_at=row.created_at,
+        uri=f"upload://{row.id}",
+    )
+
+
+def register_model(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    owner: Principal,
+    upload: ReceivedFile,
+    *,
+    arch: str | None,
+    arch_config: str | None,
+    allow_pt2: bool,
+) -> ModelOut:
+    """Inspect the uploaded checkpoint; refused files leave nothing behind."""
+    info = inspect_checkpoint(
+        upload.path,
+        arch=(arch or "").strip() or None,
+        arch_config=parse_arch_config(arch_config),
+        allow_pt2=allow_pt2,
+    )
+    store.put(upload.path, upload.sha256)
+    with sessions.begin() as session:
+        row = ModelArtifact(
+            id=new_id(),
+            owner_id=owner.id,
+            sha256=upload.sha256,
+            filename=upload.filename[:500],
+            size_bytes=upload.size,
+            format=info.format,
+            arch=info.arch,
+            arch_config=info.arch_config,
+            num_params=info.num_params,
+            groups=info.groups,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        return model_out(row)
+
+
+def register_dataset(
+    sessions: sessionmaker[Session], store: ArtifactStore, owner: Principal, upload: ReceivedFile
+) -> DatasetOut:
+    info = inspect_dataset(upload.path, upload.filename)
+    store.put(upload.path, upload.sha256)
+    with sessions.begin() as session:
+        row = DatasetArtifact(
+            id=new_id(),
+            owner_id=owner.id,
+            sha256=upload.sha256,
+            filename=upload.filename[:500],
+            size_bytes=upload.size,
+            format=info.format,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        return dataset_out(row)
+
+
+def get_model(sessions: sessionmaker[Session], owner: Principal, model_id: str) -> ModelOut:
+    with sessions() as session:
+        row = session.scalar(
+            select(ModelArtifact).where(
+                ModelArtifact.id == model_id, ModelArtifact.owner_id == owner.id
+            )
+        )
+        if row is None:
+            raise ModelNotFoundError(
+                f"There is no model {model_id!r}; upload one with POST /v1/models."
+            )
+        return model_out(row)
+
+
+def get_dataset(sessions: sessionmaker[Session], owner: Principal, dataset_id: str) -> DatasetOut:
+    with sessions() as session:
+        row = session.scalar(
+            select(DatasetArtifact).where(
+                DatasetArtifact.id == dataset_id, DatasetArtifact.owner_id == owner.id
+            )
+        )
+        if row is None:
+            raise DatasetNotFoundError(
+                f"There is no dataset {dataset_id!r}; upload one with POST /v1/datasets."
+            )
+        return dataset_out(row)
