@@ -1,0 +1,237 @@
+"""Real Celery workers consuming real messages, on both deployments:
+
+- production: PostgreSQL + Redis (a fresh database and a queue of this run's own);
+- embedded: a SQLite database + kombu's SQLAlchemy transport on a SQLite file, started the way
+  ``lrprobe serve`` starts it (``service.embedded``).
+
+A worker is a ``celery worker --pool=solo`` subprocess; the API's side is played by
+``service.broker.send_job`` after the row is committed, the reaper's by ``reap_once``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.broker import make_celery, send_job
+from service.embedded import start_background_services, worker_command
+from service.lifecycle import FINAL
+from service.models import Job, Recommendation, utcnow
+from service.settings import Settings
+from tests.worker.jobs import (
+    REDIS,
+    create_postgres_database,
+    database,
+    drop_postgres_database,
+    env_for,
+    job_row,
+    make_job,
+    settings_for,
+    store_checkpoint,
+)
+from worker.reaper import reap_once
+
+pytestmark = [
+    pytest.mark.slow,
+    # kombu 5.7's SQLAlchemy transport declares its models with a loader strategy that
+    # SQLAlchemy 2.1 deprecates; harmless, and not ours to change.
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE = 3.0  # short, so that a dead worker's job is reaped within seconds
+# A probe of several seconds on one CPU thread: a wider MLP on digits, the largest budget.
+SLOW_MODEL = {"sizes": [64, 256, 256, 10], "activation": "tanh"}
+SLOW = {
+    "data": "builtin://digits",
+    "config": SLOW_MODEL,
+    "budget": {"batches": 256, "batch_size": 512},
+}
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    app: Celery
+    queue: str
+    tmp: Path
+    sha: str
+    slow_sha: str
+    workers: list[subprocess.Popen[bytes]]
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"worker-{len(self.workers)}.log").open("wb") as log:
+            worker = subprocess.Popen(
+                worker_command(self.queue), cwd=ROOT, env=env_for(self.settings, self.queue),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.workers.append(worker)
+        return worker
+
+    def reap(self) -> list[str]:
+        return reap_once(self.settings, self.sessions, self.app)
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.tmp.glob("*.log"))
+
+
+def wait_for(condition, timeout: float, stack: Stack, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}; logs:\n{stack.logs()}")
+
+
+def final(stack: Stack, job_id: str, timeout: float = 60.0) -> Job:
+    wait_for(lambda: job_row(stack.sessions, job_id).status in FINAL, timeout, stack, "a final job")
+    return job_row(stack.sessions, job_id)
+
+
+def progressing(sessions: sessionmaker[Session], job_id: str) -> bool:
+    job = job_row(sessions, job_id)
+    if job.status in FINAL:
+        pytest.fail(
+            f"the job ended before the worker could be killed: {job.status} {job.error_code}"
+        )
+    return job.progress_done > 0
+
+
+def recommendations(sessions: sessionmaker[Session], job_id: str) -> int:
+    with sessions() as session:
+        query = select(func.count()).select_from(Recommendation)
+        return session.scalar(query.where(Recommendation.job_id == job_id)) or 0
+
+
+@pytest.fixture(params=["postgresql+redis", "sqlite+sqlite"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    queue = f"lrprobe-test-{uuid.uuid4().hex[:10]}"
+    postgres = request.param.startswith("postgresql")
+    url = create_postgres_database() if postgres else None
+    broker = f"{REDIS}/{uuid.uuid4().int % 15 + 1}" if postgres else None
+    settings = settings_for(
+        tmp_path / "data", url, broker_url=broker, lease_seconds=LEASE, requeue_after_seconds=2.0
+    )
+    settings.data_dir.mkdir()
+    sessions_gen = database(settings.resolved_database_url)
+    sessions = next(sessions_gen)
+    app = make_celery(settings, queue=queue)
+    stack = Stack(
+        settings, sessions, app, queue, tmp_path, store_checkpoint(settings, tmp_path),
+        store_checkpoint(settings, tmp_path, SLOW_MODEL), [],
+    )  # fmt: skip
+    try:
+        yield stack
+    finally:
+        for worker in stack.workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+        if postgres:
+            with app.connection_for_write() as conn:
+                conn.default_channel.queue_delete(queue)
+        app.close()
+        sessions_gen.close()
+        if url is not None:
+            drop_postgres_database(url)
+
+
+def test_a_sent_job_is_run_by_a_worker_and_its_lost_twin_by_the_reaper(stack: Stack) -> None:
+    stack.start_worker()
+    sent = make_job(stack.sessions, stack.sha)
+    send_job(stack.app, sent)
+    # Given a queued job whose message never reached the broker (the API died after commit)
+    lost = make_job(stack.sessions, stack.sha)
+    with stack.sessions.begin() as session:
+        session.execute(
+            update(Job).where(Job.id == lost).values(queued_at=utcnow() - timedelta(hours=1))
+        )
+
+    assert final(stack, sent).status == "succeeded"
+    assert job_row(stack.sessions, lost).status == "queued"
+    # When the reaper runs, it re-sends it, and it finishes
+    assert lost in stack.reap()
+    job = final(stack, lost)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+    assert recommendations(stack.sessions, sent) == recommendations(stack.sessions, lost) == 1
+
+
+def test_a_job_whose_worker_is_killed_finishes_exactly_once(stack: Stack) -> None:
+    worker = stack.start_worker()
+    job_id = make_job(stack.sessions, stack.slow_sha, **SLOW)
+    send_job(stack.app, job_id)
+    wait_for(lambda: progressing(stack.sessions, job_id), 60, stack, "probe progress")
+    # When the worker is killed mid-probe
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert job_row(stack.sessions, job_id).status == "running"
+    stack.start_worker()
+    # Then its lease expires, the reaper gives the job back, and the new worker finishes it
+    wait_for(lambda: job_id in stack.reap(), 4 * LEASE, stack, "the reaper to requeue")
+    job = final(stack, job_id, timeout=120)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert recommendations(stack.sessions, job_id) == 1
+    # and a late duplicate delivery changes nothing
+    send_job(stack.app, job_id)
+    time.sleep(1.0)
+    assert job_row(stack.sessions, job_id).attempts == 2
+
+
+def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "data", lease_seconds=LEASE, requeue_after_seconds=30.0)
+    settings.data_dir.mkdir()
+    assert settings.resolved_broker_url.startswith("sqla+sqlite:///")
+    sessions_gen = database(settings.resolved_database_url)
+    sessions = next(sessions_gen)
+    app = make_celery(settings)
+    sha = store_checkpoint(settings, tmp_path)
+    slow_sha = store_checkpoint(settings, tmp_path, SLOW_MODEL)
+    stack = Stack(settings, sessions, app, "lrprobe", tmp_path / "data" / "logs", sha, slow_sha, [])
+    # Given a job sent while no worker runs (the message is a row in broker.sqlite)
+    queued = make_job(sessions, sha)
+    send_job(app, queued)
+    app.close()
+    services = start_background_services(settings, reap_interval=1.0)
+    try:
+        assert final(stack, queued, timeout=90).status == "succeeded"
+        # When the embedded worker is killed mid-probe
+        slow = make_job(sessions, slow_sha, **SLOW)
+        app = make_celery(settings)
+        send_job(app, slow)
+        wait_for(lambda: progressing(sessions, slow), 60, stack, "probe progress")
+        assert services.worker is not None
+        os.killpg(services.worker.pid, signal.SIGKILL)
+        # Then the supervisor restarts it, the reaper re-sends the job, and it finishes once
+        job = final(stack, slow, timeout=120)
+        assert (job.status, job.attempts) == ("succeeded", 2)
+        assert recommendations(sessions, slow) == 1
+        assert services.children[0].restarts == 1
+    finally:
+        services.stop()
+        app.close()
+        sessions_gen.close()
+
+
+def test_the_worker_app_loads_and_declares_the_task() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from worker.celery_app import app; print(sorted(app.tasks))"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
+        | {"LRPROBE_DATA_DIR": "/nonexistent-lrprobe"},
+    )  # fmt: skip
+    assert "lrprobe.run_job" in out.stdout and "lrprobe.reap" in out.stdout

@@ -1,0 +1,98 @@
+"""The reaper: give the jobs of dead workers back to the queue, re-send what the broker lost.
+
+Both modes run it as its own small process, ``python -m worker.reaper`` (the ``reaper`` service
+of docker-compose; a child of ``lrprobe serve`` in embedded mode), so that reaping never waits
+for a worker to finish a probe, and keeps going when every worker is dead. The ``lrprobe.reap``
+task does one pass too, for deployments that prefer ``celery beat``. Running several reapers at
+once is safe: ``lifecycle.reap`` is conditional and a duplicate message is a no-op claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import lifecycle
+from service.broker import DEFAULT_QUEUE, REAP_INTERVAL_SECONDS, make_celery, send_job
+from service.db import make_engine, make_sessionmaker
+from service.models import Job
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(settings: Settings, sessions: sessionmaker[Session], celery_app: Celery) -> list[str]:
+    """One pass; returns the ids it re-sent."""
+    ids = lifecycle.reap(
+        sessions,
+        max_attempts=settings.max_attempts,
+        requeue_after=settings.requeue_after_seconds,
+    )
+    if not ids:
+        return ids
+    with sessions() as session:
+        rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(ids))).all()
+        specs = {job_id: spec for job_id, spec in rows}
+    for job_id in ids:
+        send_job(celery_app, job_id, time_limit_s=_time_limit(specs.get(job_id)))
+    log.info("reaper re-sent %d job(s): %s", len(ids), ", ".join(ids))
+    return ids
+
+
+def run_forever(
+    settings: Settings, *, interval: float = REAP_INTERVAL_SECONDS, heartbeat: Path | None = None
+) -> None:
+    """Reap every ``interval`` seconds until SIGTERM/SIGINT (the reaper process of both modes).
+
+    ``heartbeat``: a file touched after each successful pass (what a healthcheck looks at).
+    """
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
+    log.info("reaper: every %.0f s on %s", interval, settings.resolved_database_url)
+    while True:
+        try:
+            reap_once(settings, sessions, celery_app)
+            if heartbeat is not None:
+                heartbeat.touch()
+        except Exception:
+            log.exception("reaper pass failed; trying again in %.0f s", interval)
+        if stop.wait(interval):
+            return
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.reaper", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--interval", type=float, default=REAP_INTERVAL_SECONDS)
+    parser.add_argument("--heartbeat", type=Path, help="file to touch after each pass")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    if args.once:
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+        celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
+        reap_once(settings, sessions, celery_app)
+        return
+    run_forever(settings, interval=args.interval, heartbeat=args.heartbeat)
+
+
+def _time_limit(spec: Any) -> float | None:
+    budget = spec.get("budget") if isinstance(spec, dict) else None
+    limit = budget.get("time_limit_s") if isinstance(budget, dict) else None
+    return float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else None
+
+
+if __name__ == "__main__":
+    main()

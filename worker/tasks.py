@@ -1,0 +1,39 @@
+"""The Celery tasks: thin wrappers that hand a job id to the runner, a tick to the reaper.
+
+Nothing is returned and nothing is raised for a job's own failure: the job's status and its
+failure reason live on the database row (the runner writes them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from billiard.process import current_process
+from celery import Celery
+
+from service.broker import REAP, RUN_JOB
+from service.db import make_engine, make_sessionmaker
+from service.settings import Settings
+from worker import devices, reaper, runner
+
+
+@functools.cache
+def worker_context() -> runner.WorkerContext:
+    """Built on the first task, in the process that runs tasks (after any fork)."""
+    settings = Settings()
+    devices.setup_process(settings.torch_threads, getattr(current_process(), "index", None))
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    return runner.WorkerContext.create(settings, sessions)
+
+
+def register(app: Celery) -> None:
+    """Declare the tasks on ``app`` (the worker's app, or a test's)."""
+
+    @app.task(name=RUN_JOB, ignore_result=True, shared=False)
+    def run_job(job_id: str) -> None:
+        runner.run_job(worker_context(), job_id)
+
+    @app.task(name=REAP, ignore_result=True, shared=False)
+    def reap() -> None:
+        context = worker_context()
+        reaper.reap_once(context.settings, context.sessions, app)
