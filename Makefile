@@ -32,7 +32,7 @@ bench: install
 	$(PY) -m bench.core
 
 run: install
-	$(VENV)/bin/lrprobe demo
+	$(VENV)/bin/lrprobe serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
