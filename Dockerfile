@@ -19,7 +19,7 @@ USER lrprobe
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
-CMD ["lrprobe", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
+CMD ["lrprobe", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker", "--no-migrate"]
 
 FROM base AS worker
 # The default PyPI torch wheel for Linux bundles CUDA; the host only needs the NVIDIA driver and

@@ -53,6 +53,12 @@ def serve_command(
     worker: bool = typer.Option(
         True, "--worker/--no-worker", help="Run the embedded worker and reaper processes."
     ),
+    migrate_first: bool = typer.Option(
+        True,
+        "--migrate/--no-migrate",
+        help="Upgrade the schema before serving (embedded). In production the one-shot "
+        "`lrprobe migrate` does it, and the API refuses to start off head.",
+    ),
 ) -> None:
     """Run lrprobe locally (API, worker and reaper; OpenAPI at /docs)."""
     import uvicorn
@@ -64,7 +70,8 @@ def serve_command(
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url)
+    if migrate_first:
+        migrate.upgrade(settings.resolved_database_url)
     _ensure_admin(settings, announce=True)
     background = start_background_services(settings) if worker else None
     # uvicorn re-raises the SIGTERM it handled once the server has stopped; turning it into
