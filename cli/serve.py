@@ -74,6 +74,11 @@ def serve_command(
         migrate.upgrade(settings.resolved_database_url)
     _ensure_admin(settings, announce=True)
     background = start_background_services(settings) if worker else None
+    if worker:  # embedded: a finished example job greets the first visit
+        from service.dashboard.example import ensure_example_job
+
+        ensure_example_job(settings)
+    typer.echo(f"Dashboard: http://{host}:{port}/ui/  (sign in with an API key)")
     # uvicorn re-raises the SIGTERM it handled once the server has stopped; turning it into
     # SystemExit lets the finally below stop the worker and reaper instead of orphaning them.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import migrate
 from service.artifacts import ArtifactStore
-from service.db import make_engine, make_sessionmaker
+from service.dashboard import router as dashboard_router
+from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from service.deps import Services
 from service.errors import (
     PROBLEM_MEDIA_TYPE,
@@ -32,6 +33,7 @@ from service.errors import (
 from service.metrics import Metrics, MetricsMiddleware
 from service.queue import JobQueue
 from service.ratelimit import RateLimiter
+from service.request_limits import RequestLimitsMiddleware
 from service.routes import health, jobs, keys, uploads
 from service.settings import Settings
 
@@ -47,7 +49,9 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(
+            settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+        )
         own_queue = None
         try:
             heads = migrate.head_revisions()
@@ -84,8 +88,9 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
+    app.add_middleware(RequestLimitsMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (health.router, uploads.router, jobs.router, keys.router):
+    for router in (health.router, uploads.router, jobs.router, keys.router, dashboard_router):
         app.include_router(router)
     _install_error_handlers(app)
     return app
@@ -131,6 +136,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             error = MethodNotAllowedError(
                 f"{request.method} is not allowed on {request.url.path}; see /docs."
+            )
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            error = BadRequestError(
+                "The request body could not be parsed (too deeply nested or not JSON); send one "
+                "JSON object with Content-Type: application/json."
             )
         else:
             error = BadRequestError(str(exc.detail))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(
         600, description="Requests per minute allowed for one API key (429 beyond)."
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs dashboard session cookies; API replicas must share it. "
+        "Default: a random key kept in data_dir/dashboard-session.key.",
     )
     torch_threads: int | None = Field(
         None, description="torch threads per worker process; default: torch's choice."

@@ -1,0 +1,252 @@
+"""The dashboard through TestClient, on SQLite and PostgreSQL: sign-in, CSRF, pages rendered
+from a recommendation, downloads, key isolation, pagination and search, the new-job form."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from service import lifecycle
+from service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
+from service.dashboard.session import SESSION_COOKIE
+from service.models import ApiKey, Job, utcnow
+from tests.service.api_support import RunningApi, probe_result
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+def _token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def sign_in(api: RunningApi, key: str) -> str:
+    """Signs the client in with ``key``; returns the session's CSRF token."""
+    api.client.cookies.clear()
+    page = api.client.get("/ui/sign-in")
+    response = api.client.post(
+        "/ui/sign-in",
+        data={"api_key": key, "csrf": _token(page.text), "next": "/ui/jobs"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303, response.text
+    return _token(api.client.get("/ui/jobs").text)
+
+
+def two_groups(**overrides: Any) -> dict[str, Any]:
+    base = probe_result()
+    second = {**base["groups"][0], "name": "layers.2", "param_names": ["layers.2.weight"],
+              "numel": 24, "lr": 0.02, "lr_interval": [0.01, 0.05], "flags": ["noisy"]}  # fmt: skip
+    return (
+        base
+        | {"groups": [base["groups"][0], second], "coupling": [[1.0, -0.4], [-0.4, 1.0]]}
+        | overrides
+    )
+
+
+def finished_job(
+    api: RunningApi, key: str, result: dict[str, Any] | None = None, **spec: Any
+) -> str:
+    job_id = api.job_id(key, **spec)
+    assert lifecycle.claim(api.sessions, job_id, "w", 60) is not None
+    assert lifecycle.succeed(api.sessions, job_id, "w", result or two_groups(), "gn-probe/0.1")
+    return job_id
+
+
+def test_pages_need_a_signed_in_key(api: RunningApi) -> None:
+    response = api.client.get("/ui/jobs?status=failed", follow_redirects=False)
+
+    assert response.status_code == 303
+    assert response.headers["location"] == "/ui/sign-in?next=%2Fui%2Fjobs%3Fstatus%3Dfailed"
+
+
+def test_signing_in_sets_an_httponly_cookie_without_the_key(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+
+    cookie = api.client.cookies.get(SESSION_COOKIE)
+    assert cookie and api.key_a not in cookie
+    page = api.client.get("/ui/jobs")
+    assert page.status_code == 200 and "No jobs yet" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_a_wrong_key_or_a_forged_cookie_does_not_sign_in(api: RunningApi) -> None:
+    page = api.client.get("/ui/sign-in")
+    response = api.client.post(
+        "/ui/sign-in", data={"api_key": "lrp_wrong", "csrf": _token(page.text)}
+    )
+    assert response.status_code == 401 and "unknown or revoked" in response.text
+
+    api.client.cookies.set(SESSION_COOKIE, "eyJrIjoiYWRtaW4ifQ.forged", path="/ui")
+    assert api.client.get("/ui/jobs", follow_redirects=False).status_code == 303
+
+
+def test_a_revoked_key_loses_its_session(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    with api.sessions.begin() as session:
+        session.execute(update(ApiKey).where(ApiKey.name == "a").values(revoked_at=utcnow()))
+
+    assert api.client.get("/ui/jobs", follow_redirects=False).status_code == 303
+
+
+def test_forms_without_the_csrf_token_are_refused(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = api.job_id(api.key_a)
+
+    cancel = api.client.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": "x"})
+    sign_out = api.client.post("/ui/sign-out", data={})
+
+    assert cancel.status_code == 403 and sign_out.status_code == 403
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(api.key_a)).json()["status"] == (
+        "queued"
+    )
+
+
+def test_cancel_and_sign_out_with_the_token(api: RunningApi) -> None:
+    csrf = sign_in(api, api.key_a)
+    job_id = api.job_id(api.key_a)
+
+    response = api.client.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf})
+
+    assert response.status_code == 200 and "chip-cancelled" in response.text
+    api.client.post("/ui/sign-out", data={"csrf": csrf})
+    assert api.client.get("/ui/jobs", follow_redirects=False).status_code == 303
+
+
+def test_a_job_page_draws_the_recommendation(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = finished_job(api, api.key_a, label="mlp on digits")
+
+    page = api.client.get(f"/ui/jobs/{job_id}").text
+
+    assert page.count('<rect class="bar') == 2 and page.count('<rect class="bar flagged"') == 1
+    assert re.findall(r'class="bar-label[^"]*"[^>]*>(?:⚑ )?([^<]+)<', page)[:2] == [
+        "layers.0", "layers.2",
+    ]  # fmt: skip
+    assert "single group 0.1" in page and 'class="ref-line"' in page
+    assert page.count('class="cell"') == 4 and "Spread of η" in page
+    assert "predicted" in page and "16" in page  # scale checks and cost
+    page = html.unescape(page)
+    assert '"layers.2": (0.02, ["layers.2.weight"]),  # flagged: noisy' in page
+    assert "torch.optim.SGD(param_groups, lr=0.1)" in page
+
+
+def test_a_failed_job_shows_its_code_and_advice(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = api.job_id(api.key_a)
+    lifecycle.claim(api.sessions, job_id, "w", 60)
+    lifecycle.fail(api.sessions, job_id, "w", "time_limit_exceeded", "The probe ran too long.")
+
+    page = api.client.get(f"/ui/jobs/{job_id}").text
+
+    assert "time_limit_exceeded" in page and "The probe ran too long." in page
+    assert "fewer batches" in page
+
+
+def test_csv_and_json_downloads(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = finished_job(api, api.key_a)
+
+    response = api.client.get(f"/ui/jobs/{job_id}/recommendation.csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    assert [(r["group"], float(r["lr"]), r["flags"]) for r in rows] == [
+        ("layers.0", 0.1, ""), ("layers.2", 0.02, "noisy"),
+    ]  # fmt: skip
+    assert rows[0]["param_names"] == "layers.0.weight;layers.0.bias"
+    data = api.client.get(f"/ui/jobs/{job_id}/recommendation.json").json()
+    assert [g["name"] for g in data["groups"]] == ["layers.0", "layers.2"]
+
+
+def test_another_keys_job_is_not_found(api: RunningApi) -> None:
+    job_id = finished_job(api, api.key_a)
+    sign_in(api, api.key_b)
+
+    for path in ("", "/recommendation.csv", "/recommendation.json"):
+        response = api.client.get(f"/ui/jobs/{job_id}{path}")
+        assert response.status_code == 404 and "job_not_found" in response.text
+    assert job_id not in api.client.get("/ui/jobs").text
+    assert api.client.get(f"/ui/jobs/progress?ids={job_id}").json() == {}
+
+
+def test_pages_of_jobs_follow_a_cursor_and_filter(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    model_id = api.model_id(api.key_a)
+    ids = [api.job_id(api.key_a, model_id, label=f"run {i:03d}") for i in range(60)]
+    start = utcnow() - timedelta(hours=1)
+    with api.sessions.begin() as session:
+        for i, job_id in enumerate(ids):
+            session.execute(
+                update(Job).where(Job.id == job_id).values(created_at=start + timedelta(seconds=i))
+            )
+
+    first = api.client.get("/ui/jobs").text
+    older = re.search(r'href="([^"]+)" rel="next"', first)
+    assert older is not None
+    second = api.client.get(older.group(1).replace("&amp;", "&")).text
+
+    assert first.count('class="job-link"') == 50 and second.count('class="job-link"') == 10
+    assert "run 059" in first and "run 009" in second and "run 009" not in first
+    assert 'rel="next"' not in second
+    found = api.client.get("/ui/jobs?q=RUN 04").text
+    assert found.count('class="job-link"') == 10
+    assert api.client.get("/ui/jobs?status=succeeded").text.count('class="job-link"') == 0
+
+
+def test_the_form_submits_a_job_and_shows_problems(api: RunningApi) -> None:
+    csrf = sign_in(api, api.key_a)
+    model_id = api.model_id(api.key_a)
+    form = {"csrf": csrf, "model_id": model_id, "data": "builtin://digits", "loss": "cross_entropy",
+            "optimizer.name": "adam", "budget.batches": "8", "label": "from the form"}  # fmt: skip
+
+    bad = api.client.post("/ui/jobs", data=form | {"budget.batches": "999"})
+    unknown = api.client.post("/ui/jobs", data=form | {"data": "builtin://nope"})
+    created = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+
+    assert bad.status_code == 422 and "less than or equal to 256" in bad.text
+    assert unknown.status_code == 422 and "unknown_builtin_dataset" in unknown.text
+    assert created.status_code == 303
+    job = api.client.get(
+        created.headers["location"].replace("/ui", "/v1"), headers=api.auth(api.key_a)
+    )
+    assert job.json()["spec"]["optimizer"]["name"] == "adam" and len(api.queue.sent) == 1
+
+
+def test_uploading_a_checkpoint_selects_it(api: RunningApi) -> None:
+    from tests.service.api_support import safetensors_mlp
+
+    csrf = sign_in(api, api.key_a)
+
+    response = api.client.post(
+        "/ui/models", data={"csrf": csrf}, files={"file": ("m.safetensors", safetensors_mlp())}
+    )
+
+    assert response.status_code == 200 and "Checkpoint uploaded" in response.text
+    assert re.search(r'<option value="\w+" selected>mlp · m.safetensors', response.text)
+
+
+def test_the_example_job_is_submitted_once_on_an_empty_database(api: RunningApi) -> None:
+    if not api.settings.resolved_database_url.startswith("sqlite"):
+        pytest.skip("the module's PostgreSQL database is shared, so it is not empty")
+    job_id = ensure_example_job(api.settings, api.queue)
+
+    assert job_id is not None and api.queue.sent[0][0] == job_id
+    assert ensure_example_job(api.settings, api.queue) is None
+    job = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(api.admin))
+    assert job.status_code == 200 and job.json()["label"] == EXAMPLE_LABEL
+
+
+def test_no_example_job_once_there_are_jobs(api: RunningApi) -> None:
+    api.job_id(api.key_a)
+
+    assert ensure_example_job(api.settings, api.queue) is None
