@@ -50,5 +50,18 @@ def _register_service() -> None:
 _register_service()
 
 
+def _register_remote() -> None:
+    from cli.jobs import jobs_app, submit_command
+    from cli.models import datasets_app, models_app
+
+    app.command("submit")(submit_command)
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(models_app, name="models")
+    app.add_typer(datasets_app, name="datasets")
+
+
+_register_remote()
+
+
 def main() -> None:
     app()

@@ -1,15 +1,24 @@
-"""``lrprobe keys create|revoke|list``: manage API keys directly in the database (operators;
-clients use ``/v1/keys`` with an admin key)."""
+"""``lrprobe keys create|revoke|list``: manage API keys. With an admin key (``--api-key`` or
+``$LRPROBE_API_KEY``) through the service's ``/v1/keys``; without one, directly in the
+configured database (operators, e.g. to make the first admin key)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-keys_app = typer.Typer(help="Manage API keys (directly in the configured database).")
+from cli.errors import fail
+from cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
+
+if TYPE_CHECKING:
+    from client.schemas import ApiKeyCreated, ApiKeyOut
+
+keys_app = typer.Typer(
+    help="Manage API keys: over the API with an admin key, else directly in the database."
+)
 
 
 @contextmanager
@@ -30,45 +39,74 @@ def _sessions() -> Iterator[Any]:
 def create(
     name: str = typer.Argument(..., help="Who or what uses the key."),
     admin: bool = typer.Option(False, "--admin", help="An admin key (manages keys)."),
+    output: FormatOption = Format.table,
+    url: Url = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Create a key and print its secret (shown this once only)."""
-    from client.schemas import ApiKeyCreate
-    from service.keys import create_key
+    created: ApiKeyCreated
+    if api_key:
+        with connect(url, api_key) as lrp:
+            created = lrp.create_key(name, admin=admin)
+    else:
+        from client.schemas import ApiKeyCreate
+        from service.keys import create_key
 
-    with _sessions() as sessions:
-        created = create_key(sessions, ApiKeyCreate(name=name, admin=admin))
+        with _sessions() as sessions:
+            created = create_key(sessions, ApiKeyCreate(name=name, admin=admin))
+    if output is Format.json:
+        echo_json(created)
+        return
     typer.echo(f"id: {created.id}")
     typer.echo(f"secret (shown once): {created.secret}")
 
 
 @keys_app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The id from `lrprobe keys list`.")) -> None:
+def revoke(
+    key_id: str = typer.Argument(..., help="The id from `lrprobe keys list`."),
+    output: FormatOption = Format.table,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
     """Revoke a key; it stops working at once."""
-    from service.errors import KeyNotFoundError
-    from service.keys import revoke_key
+    key: ApiKeyOut
+    if api_key:
+        with connect(url, api_key) as lrp:
+            key = lrp.revoke_key(key_id)
+    else:
+        from service.errors import KeyNotFoundError
+        from service.keys import revoke_key
 
-    with _sessions() as sessions:
-        try:
-            key = revoke_key(sessions, key_id)
-        except KeyNotFoundError as exc:
-            typer.echo(exc.detail, err=True)
-            raise typer.Exit(1) from None
-    typer.echo(f"revoked {key.id} ({key.name})")
+        with _sessions() as sessions:
+            try:
+                key = revoke_key(sessions, key_id)
+            except KeyNotFoundError as exc:
+                fail(exc.detail, code=exc.code)
+    if output is Format.json:
+        echo_json(key)
+    else:
+        typer.echo(f"revoked {key.id} ({key.name})")
 
 
 @keys_app.command("list")
 def list_(
-    json_output: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON (as --format json)."),
+    output: FormatOption = Format.table,
+    url: Url = None,
+    api_key: ApiKey = None,
 ) -> None:
     """List keys (secrets are never shown again)."""
-    import json
+    keys: list[ApiKeyOut]
+    if api_key:
+        with connect(url, api_key) as lrp:
+            keys = lrp.list_keys()
+    else:
+        from service.keys import list_keys
 
-    from service.keys import list_keys
-
-    with _sessions() as sessions:
-        keys = list_keys(sessions)
-    if json_output:
-        typer.echo(json.dumps([k.model_dump(mode="json") for k in keys], indent=2))
+        with _sessions() as sessions:
+            keys = list_keys(sessions)
+    if json_output or output is Format.json:
+        echo_json(keys)  # type: ignore[arg-type]
         return
     for k in keys:
         state = "revoked" if k.revoked_at else ("admin" if k.admin else "active")

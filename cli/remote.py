@@ -1,0 +1,182 @@
+"""What the commands over the HTTP API share: the ``--url``/``--api-key``/``--format`` options,
+one client, errors as one line with an exit code, and rendering of jobs and recommendations.
+
+Exit codes: 0 ok · 1 the request or the job failed (the line names the problem code) ·
+2 usage (bad flags, unreadable files) · 3 authentication (no key, a wrong or revoked key, not an
+admin key) · 4 ``--timeout`` ran out while waiting (the job goes on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.errors import EXIT_USAGE, fail
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from rich.table import Table
+
+    from client import Client, Job, Recommendation
+    from client.schemas import JobOut
+
+EXIT_AUTH = 3
+EXIT_TIMEOUT = 4
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+Url = Annotated[
+    str | None,
+    typer.Option("--url", envvar="LRPROBE_URL", help="The lrprobe service [default: "
+                 "http://127.0.0.1:8000]."),
+]  # fmt: skip
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="LRPROBE_API_KEY", help="Your API key (lrp_…).")
+]
+FormatOption = Annotated[Format, typer.Option("--format", help="table or json.")]
+
+
+@contextmanager
+def connect(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client whose errors end the command with one line and an exit code."""
+    from client import Client
+
+    with api_errors(), Client(url, api_key) as lrp:
+        yield lrp
+
+
+@contextmanager
+def api_errors() -> Iterator[None]:
+    from client import LrprobeError, Unauthorized, WaitTimeout
+
+    try:
+        yield
+    except Unauthorized as exc:
+        fail(exc.message, code=exc.code, exit_code=EXIT_AUTH)
+    except WaitTimeout as exc:
+        fail(exc.message, code=exc.code, exit_code=EXIT_TIMEOUT)
+    except LrprobeError as exc:
+        fail(exc.message, code=exc.code)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        fail(str(exc), code="file_not_found", exit_code=EXIT_USAGE)
+
+
+def echo_json(value: BaseModel | list[BaseModel] | dict[str, Any] | list[Any]) -> None:
+    typer.echo(json.dumps(_jsonable(value), indent=2))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def print_table(table: Table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=None, box=None, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=32)
+    table.add_column("status", no_wrap=True)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    for column in ("data", "label / error"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        data = job.data
+        p = data.progress
+        note = f"{data.error.code}" if data.error else (data.label or "")
+        table.add_row(
+            data.id, _status(data), f"{p.done}/{p.total}" if p.total else "-",
+            f"{data.created_at:%Y-%m-%d %H:%M:%S}", data.spec.data, note,
+        )  # fmt: skip
+    return table
+
+
+def _status(job: JobOut) -> str:
+    colour = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(job.status)
+    text = job.status + (" (cancel requested)" if job.cancel_requested and not job.error else "")
+    return f"[{colour}]{text}[/]" if colour else text
+
+
+def print_job(job: JobOut) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    spec = job.spec
+    optimizer = spec.optimizer.name
+    partition = spec.partition.rule if isinstance(spec.partition.rule, str) else "regex"
+    rows = [
+        ("job", job.id),
+        ("status", _status(job)),
+        ("model", job.model_id),
+        ("data", spec.data),
+        ("spec", f"loss {spec.loss} · optimizer {optimizer} · partition {partition} · "
+                 f"{spec.budget.batches} batches of {spec.budget.batch_size} · seed {spec.seed}"),
+        ("progress", f"{job.progress.done}/{job.progress.total} {job.progress.phase or ''}"),
+        ("created", f"{job.created_at:%Y-%m-%d %H:%M:%S}"),
+    ]  # fmt: skip
+    if job.finished_at:
+        rows.append(("finished", f"{job.finished_at:%Y-%m-%d %H:%M:%S}"))
+    if job.label:
+        rows.append(("label", job.label))
+    if job.error:
+        rows.append(("error", f"{job.error.detail} [{job.error.code}]"))
+    for name, value in rows:
+        console.print(f"[bold]{name:>9}[/]  {value}")
+
+
+def recommendation_table(rec: Recommendation) -> Table:
+    from rich.table import Table
+
+    table = Table(title="Recommended learning rates", title_justify="left")
+    table.add_column("group")
+    table.add_column("params", justify="right")
+    table.add_column("lr", justify="right", style="bold")
+    table.add_column("interval (10–90 %)", justify="right")
+    table.add_column("η", justify="right")
+    table.add_column("flags", style="yellow")
+    for g in rec.groups:
+        table.add_row(
+            g.name, f"{g.numel:,}", _num(g.lr), f"{_num(g.interval[0])} – {_num(g.interval[1])}",
+            _num(g.eta), ", ".join(g.flags),
+        )  # fmt: skip
+    return table
+
+
+def print_recommendation(rec: Recommendation) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(recommendation_table(rec))
+    lo, hi = rec.single_group_interval
+    console.print(
+        f"single-group lr [bold]{_num(rec.single_group_lr)}[/] (interval {_num(lo)} – {_num(hi)})"
+    )
+    cost = rec.data.cost
+    console.print(
+        f"optimizer {rec.optimizer.get('name', '?')} · {rec.method_version} · cost: "
+        f"{cost.batches} batches, {cost.seconds:.1f} s on {cost.device}"
+    )
+    for note in rec.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
