@@ -7,7 +7,8 @@ from rich.console import Console
 from sklearn.datasets import load_digits
 from torch import nn
 
-from cli.render import print_result, probe_progress
+from cli.render import print_recommendation, probe_progress
+from client import Recommendation
 from worker.newton import losses, minibatches, probe
 
 
@@ -34,4 +35,4 @@ def run_demo(batches: int = 8, seed: int = 0) -> None:
             seed=seed,
             progress=progress,
         )
-    print_result(result, console)
+    print_recommendation(Recommendation.from_dict(result.to_dict()), console)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from cli import options as opt
 from cli.errors import EXIT_USAGE, fail
 from cli.remote import (
     ApiKey,
@@ -23,9 +24,9 @@ from cli.remote import (
     echo_json,
     jobs_table,
     print_job,
-    print_recommendation,
     print_table,
 )
+from cli.render import print_recommendation
 
 if TYPE_CHECKING:
     from client import Job
@@ -53,27 +54,20 @@ def submit_command(
     model_id: Annotated[
         str | None, typer.Option("--model-id", help="An uploaded model (`lrprobe models upload`).")
     ] = None,
-    arch: Annotated[str | None, typer.Option(help="Built-in architecture (mlp, cnn, …).")] = None,
-    arch_config: Annotated[
-        str | None, typer.Option(help="Architecture config as JSON, or @file.json.")
-    ] = None,
-    loss: Annotated[
-        str, typer.Option(help="cross_entropy | mse | bce | lm_cross_entropy.")
-    ] = "cross_entropy",
-    optimizer: Annotated[str, typer.Option(help="sgd | momentum | adam | adamw.")] = "sgd",
-    momentum: Annotated[float, typer.Option(help="Momentum β (momentum).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay of your optimizer.")] = 0.0,
-    partition: Annotated[
-        str,
-        typer.Option(help="layer | tensor | single, or {regex: group} rules as JSON / @file."),
-    ] = "layer",
-    max_groups: Annotated[int | None, typer.Option(help="Merge consecutive groups.")] = None,
-    batches: Annotated[int, typer.Option(help="Probe batches K.")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
-    heldout_batches: Annotated[int, typer.Option(help="Held-out batches for the check.")] = 4,
-    block_size: Annotated[int | None, typer.Option(help="Tokens per sequence (LMs).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    loss: opt.Loss = "cross_entropy",
+    optimizer: opt.Optimizer = "sgd",
+    momentum: opt.Momentum = 0.9,
+    weight_decay: opt.WeightDecay = 0.0,
+    partition: opt.Partition = "layer",
+    max_groups: opt.MaxGroups = None,
+    batches: opt.Batches = 16,
+    batch_size: opt.BatchSize = 128,
+    heldout_batches: opt.HeldoutBatches = 4,
+    block_size: opt.BlockSize = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
     label: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
     timeout: Timeout = None,
@@ -87,14 +81,12 @@ def submit_command(
 ) -> None:
     """Submit a probe to the service (flags as `lrprobe probe`); prints the job, or with --wait
     the per-layer learning rates."""
-    from cli.probe import _json_arg, _partition
-
     if (model is None) == (model_id is None):
         fail("pass either --model PATH (uploaded first) or --model-id ID", code="usage",
              exit_code=EXIT_USAGE)  # fmt: skip
     try:
-        config = _json_arg(arch_config)
-        rules = _partition(partition)
+        config = opt.json_arg(arch_config)
+        rules = opt.partition_arg(partition)
     except (ValueError, OSError) as exc:
         fail(str(exc), code="invalid_argument", exit_code=EXIT_USAGE)
     with connect(url, api_key) as lrp:

@@ -29,10 +29,10 @@ def upload_model_command(
     api_key: ApiKey = None,
 ) -> None:
     """Upload a checkpoint; prints its id for `lrprobe submit --model-id`."""
-    from cli.probe import _json_arg
+    from cli.options import json_arg
 
     try:
-        config = _json_arg(arch_config)
+        config = json_arg(arch_config)
     except (ValueError, OSError) as exc:
         fail(str(exc), code="invalid_argument", exit_code=EXIT_USAGE)
     with connect(url, api_key) as lrp:

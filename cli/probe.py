@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from cli import options as opt
 from cli.errors import fail
 
 
@@ -20,27 +20,20 @@ def probe_command(
             help="A local file, or builtin://NAME, file://, https://, s3://, gs:// reference.",
         ),
     ],
-    arch: Annotated[str | None, typer.Option(help="Built-in architecture (mlp, cnn, …).")] = None,
-    arch_config: Annotated[
-        str | None, typer.Option(help="Architecture config as JSON, or @file.json.")
-    ] = None,
-    loss: Annotated[
-        str, typer.Option(help="cross_entropy | mse | bce | lm_cross_entropy.")
-    ] = "cross_entropy",
-    optimizer: Annotated[str, typer.Option(help="sgd | momentum | adam | adamw.")] = "sgd",
-    momentum: Annotated[float, typer.Option(help="Momentum β (momentum).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay of your optimizer.")] = 0.0,
-    partition: Annotated[
-        str,
-        typer.Option(help="layer | tensor | single, or {regex: group} rules as JSON / @file."),
-    ] = "layer",
-    max_groups: Annotated[int | None, typer.Option(help="Merge consecutive groups.")] = None,
-    batches: Annotated[int, typer.Option(help="Probe batches K.")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
-    heldout_batches: Annotated[int, typer.Option(help="Held-out batches for the check.")] = 4,
-    block_size: Annotated[int | None, typer.Option(help="Tokens per sequence (LMs).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    arch: opt.Arch = None,
+    arch_config: opt.ArchConfig = None,
+    loss: opt.Loss = "cross_entropy",
+    optimizer: opt.Optimizer = "sgd",
+    momentum: opt.Momentum = 0.9,
+    weight_decay: opt.WeightDecay = 0.0,
+    partition: opt.Partition = "layer",
+    max_groups: opt.MaxGroups = None,
+    batches: opt.Batches = 16,
+    batch_size: opt.BatchSize = 128,
+    heldout_batches: opt.HeldoutBatches = 4,
+    block_size: opt.BlockSize = None,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
     data_root: Annotated[
         list[Path] | None, typer.Option(help="Directory file:// references may read (repeat).")
     ] = None,
@@ -50,15 +43,14 @@ def probe_command(
     allow_pt2: Annotated[
         bool, typer.Option(help="Accept torch.export .pt2 archives (see the README).")
     ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the full result as JSON here.")
-    ] = None,
+    json_out: opt.JsonOut = None,
     debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False,
 ) -> None:
     """Probe a checkpoint on your data and print one learning rate per layer."""
     from rich.console import Console
 
-    from cli.render import print_result, probe_progress
+    from cli.render import print_recommendation, probe_progress
+    from client import Recommendation
     from worker.intake.data_policy import DataPolicy
     from worker.intake.errors import IntakeError
     from worker.newton import NumericalError, OptimizerSpec
@@ -73,7 +65,7 @@ def probe_command(
                 momentum=momentum,
                 weight_decay=weight_decay,
             ),
-            partition=_partition(partition),
+            partition=opt.partition_arg(partition),
             max_groups=max_groups,
             batches=batches,
             batch_size=batch_size,
@@ -88,7 +80,7 @@ def probe_command(
             cache_dir=Path.home() / ".cache" / "lrprobe" / "data",
         )
         loaded, dataset = load_inputs(
-            model, uri, policy, request, arch=arch, arch_config=_json_arg(arch_config),
+            model, uri, policy, request, arch=arch, arch_config=opt.json_arg(arch_config),
             allow_pt2=allow_pt2,
         )  # fmt: skip
         console = Console()
@@ -107,7 +99,7 @@ def probe_command(
         if debug:
             raise
         fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
-    print_result(result, console)
+    print_recommendation(Recommendation.from_dict(result.to_dict()), console)
     if json_out is not None:
         json_out.write_text(result.to_json(indent=2))
         console.print(f"full result written to {json_out}")
@@ -119,17 +111,3 @@ def _data_reference(data: str, roots: list[Path]) -> tuple[str, list[Path]]:
         return data, [r.resolve() for r in roots] or [Path.cwd().resolve()]
     path = Path(data).expanduser().resolve()
     return path.as_uri(), [path.parent, *(r.resolve() for r in roots)]
-
-
-def _json_arg(value: str | None) -> Any:
-    if value is None:
-        return None
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{value!r} is not valid JSON ({exc.msg})") from None
-
-
-def _partition(value: str) -> Any:
-    return value if value in ("layer", "tensor", "single") else _json_arg(value)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from rich.table import Table
 
-    from client import Client, Job, Recommendation
+    from client import Client, Job
     from client.schemas import JobOut
 
 EXIT_AUTH = 3
@@ -140,43 +140,3 @@ def print_job(job: JobOut) -> None:
         rows.append(("error", f"{job.error.detail} [{job.error.code}]"))
     for name, value in rows:
         console.print(f"[bold]{name:>9}[/]  {value}")
-
-
-def recommendation_table(rec: Recommendation) -> Table:
-    from rich.table import Table
-
-    table = Table(title="Recommended learning rates", title_justify="left")
-    table.add_column("group")
-    table.add_column("params", justify="right")
-    table.add_column("lr", justify="right", style="bold")
-    table.add_column("interval (10–90 %)", justify="right")
-    table.add_column("η", justify="right")
-    table.add_column("flags", style="yellow")
-    for g in rec.groups:
-        table.add_row(
-            g.name, f"{g.numel:,}", _num(g.lr), f"{_num(g.interval[0])} – {_num(g.interval[1])}",
-            _num(g.eta), ", ".join(g.flags),
-        )  # fmt: skip
-    return table
-
-
-def print_recommendation(rec: Recommendation) -> None:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    console.print(recommendation_table(rec))
-    lo, hi = rec.single_group_interval
-    console.print(
-        f"single-group lr [bold]{_num(rec.single_group_lr)}[/] (interval {_num(lo)} – {_num(hi)})"
-    )
-    cost = rec.data.cost
-    console.print(
-        f"optimizer {rec.optimizer.get('name', '?')} · {rec.method_version} · cost: "
-        f"{cost.batches} batches, {cost.seconds:.1f} s on {cost.device}"
-    )
-    for note in rec.notes:
-        console.print(f"[yellow]note:[/] {note}")
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"

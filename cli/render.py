@@ -1,4 +1,5 @@
-"""Terminal rendering of probe results and progress, shared by `lrprobe demo` and `probe`."""
+"""Terminal rendering of recommendations and probe progress, shared by every command (a local
+`ProbeResult` is shown through the SDK's `Recommendation`, so both look the same)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from worker.newton import ProbeProgress, ProbeResult
+    from client import Recommendation
+    from worker.newton import ProbeProgress
 
 
-def result_table(result: ProbeResult) -> Table:
+def recommendation_table(rec: Recommendation) -> Table:
     table = Table(title="Recommended learning rates", title_justify="left")
     table.add_column("group")
     table.add_column("params", justify="right")
@@ -22,33 +24,33 @@ def result_table(result: ProbeResult) -> Table:
     table.add_column("interval (10–90 %)", justify="right")
     table.add_column("η", justify="right")
     table.add_column("flags", style="yellow")
-    for g in result.groups:
-        lo, hi = g.lr_interval
+    for g in rec.groups:
         table.add_row(
-            g.name, f"{g.numel:,}", f"{g.lr:.4g}", f"{lo:.3g} – {hi:.3g}", f"{g.eta:.4g}",
-            ", ".join(g.flags),
+            g.name, f"{g.numel:,}", _num(g.lr), f"{_num(g.interval[0])} – {_num(g.interval[1])}",
+            _num(g.eta), ", ".join(g.flags),
         )  # fmt: skip
     return table
 
 
-def print_result(result: ProbeResult, console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(result_table(result))
-    lo, hi = result.single_group_interval
+def print_recommendation(rec: Recommendation, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    console.print(recommendation_table(rec))
+    lo, hi = rec.single_group_interval
     console.print(
-        f"single-group lr [bold]{result.single_group_lr:.4g}[/] (interval {lo:.3g} – {hi:.3g})"
+        f"single-group lr [bold]{_num(rec.single_group_lr)}[/] (interval {_num(lo)} – {_num(hi)})"
     )
+    cost = rec.data.cost
     console.print(
-        f"optimizer {result.optimizer['name']} · direction: {result.direction} · "
-        f"scale λ₁ = {result.scale:g} · solver: {result.status}"
+        f"optimizer {rec.optimizer.get('name', '?')} · direction: {rec.data.direction} · "
+        f"scale λ₁ = {rec.data.scale:g} · {rec.method_version}"
     )
-    cost = result.cost
-    console.print(
-        f"cost: {cost.batches} batches, {cost.fb_equivalents:.0f} forward+backward equivalents, "
-        f"{cost.seconds:.1f} s on {cost.device}"
-    )
-    for note in result.notes:
+    console.print(f"cost: {cost.batches} batches, {cost.seconds:.1f} s on {cost.device}")
+    for note in rec.notes:
         console.print(f"[yellow]note:[/] {note}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 @contextmanager
