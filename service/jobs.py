@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, select, tuple_
+from sqlalchemy import and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -205,14 +205,26 @@ def list_jobs(
     owner: Principal,
     *,
     status: JobStatus | None = None,
+    text: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> JobPage:
-    """Newest first; pages follow (created_at, id), which the owner/status indexes serve."""
+    """Newest first; pages follow (created_at, id), which the owner/status indexes serve.
+    ``text`` keeps jobs whose id starts with it or whose label or data reference contains it
+    (case-insensitive; the dashboard's search)."""
     limit = max(1, min(limit, MAX_PAGE))
     query = select(Job).where(Job.owner_id == owner.id)
     if status is not None:
         query = query.where(Job.status == status)
+    needle = (text or "").strip().lower()
+    if needle:
+        query = query.where(
+            or_(
+                Job.id.startswith(needle, autoescape=True),
+                func.lower(Job.spec["label"].as_string()).contains(needle, autoescape=True),
+                func.lower(Job.spec["data"].as_string()).contains(needle, autoescape=True),
+            )
+        )
     if cursor is not None:
         at, job_id = _decode_cursor(cursor)
         query = query.where(

@@ -1,66 +1,20 @@
-"""Read-only queries the dashboard needs beyond the API's use cases: job search (the same
-keyset pages as ``jobs.list_jobs``, plus a text filter), the key's uploaded models and
-datasets, and the progress of several jobs at once (the list page polls it). Every query is
+"""Read-only queries the dashboard needs beyond the API's use cases: the key's uploaded models
+and datasets, and the progress of several jobs at once (the list page polls it). Every query is
 scoped to the signed-in key."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, or_, select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import DatasetOut, JobPage, ModelOut
-from service import jobs
+from client.schemas import DatasetOut, ModelOut
 from service.keys import Principal
-from service.lifecycle import JobStatus
-from service.models import DatasetArtifact, Job, ModelArtifact, UTCDateTime
+from service.models import DatasetArtifact, Job, ModelArtifact
 from service.uploads import dataset_out, model_out
 
 MAX_IDS = 200
-
-
-def search_jobs(
-    sessions: sessionmaker[Session],
-    owner: Principal,
-    *,
-    status: JobStatus | None,
-    text: str | None,
-    cursor: str | None,
-    limit: int,
-) -> JobPage:
-    """``jobs.list_jobs`` with a case-insensitive text filter on id, label and data reference.
-    Without text it is exactly ``jobs.list_jobs``."""
-    text = (text or "").strip()
-    if not text:
-        return jobs.list_jobs(sessions, owner, status=status, cursor=cursor, limit=limit)
-    limit = max(1, min(limit, jobs.MAX_PAGE))
-    needle = text.lower()
-    query = select(Job).where(
-        Job.owner_id == owner.id,
-        or_(
-            Job.id.startswith(needle, autoescape=True),
-            func.lower(Job.spec["label"].as_string()).contains(needle, autoescape=True),
-            func.lower(Job.spec["data"].as_string()).contains(needle, autoescape=True),
-        ),
-    )
-    if status is not None:
-        query = query.where(Job.status == status)
-    if cursor is not None:
-        at, job_id = jobs._decode_cursor(cursor)
-        query = query.where(
-            tuple_(Job.created_at, Job.id)
-            < tuple_(bindparam("c_at", at, type_=UTCDateTime()), bindparam("c_id", job_id))
-        )
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    with sessions() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return JobPage(
-        items=[jobs.job_out(j) for j in rows],
-        next_cursor=jobs._encode_cursor(rows[-1]) if more and rows else None,
-    )
 
 
 def models_by_id(

@@ -308,7 +308,7 @@ def jobs_page(
     cursor: Annotated[str | None, Query()] = None,
 ) -> Response:
     wanted = JobStatus(status) if status in STATUSES else None
-    page = queries.search_jobs(
+    page = jobs.list_jobs(
         services.sessions, me.principal, status=wanted, text=q, cursor=cursor, limit=PAGE_SIZE
     )
     models = queries.models_by_id(services.sessions, me.principal, {j.model_id for j in page.items})

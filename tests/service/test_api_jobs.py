@@ -128,6 +128,21 @@ def test_jobs_are_listed_newest_first_in_pages_and_filtered_by_status(api: Runni
     assert too_many.status_code == 422
 
 
+def test_jobs_are_searched_by_label_data_or_id_prefix(api: RunningApi) -> None:
+    model_id = api.model_id(api.key_a)
+    wine = api.job_id(api.key_a, model_id, label="Wine baseline", data="builtin://wine")
+    digits = api.job_id(api.key_a, model_id, label="digits run")
+
+    def search(q: str) -> list[str]:
+        page = api.client.get("/v1/jobs", headers=api.auth(api.key_a), params={"q": q}).json()
+        return [j["id"] for j in page["items"]]
+
+    assert search("WINE B") == [wine]
+    assert search("builtin://wine") == [wine]
+    assert search(digits[:8]) == [digits]
+    assert search("%") == []  # LIKE wildcards are matched literally
+
+
 def test_ten_thousand_jobs_page_completely(api: RunningApi) -> None:
     owner = authenticate(api.sessions, api.key_a)
     assert owner is not None
