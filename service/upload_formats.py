@@ -21,9 +21,11 @@ streams.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import pickletools
+import stat
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -38,6 +40,9 @@ CONFIG_METADATA_KEY = "lrprobe.arch_config"
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_ARCHIVE_MEMBERS = 10_000
 MAX_PICKLE_BYTES = 64 << 20
+# As the intake's archive checks (worker.intake.checkpoint_archives): weights barely compress.
+MAX_EXPANSION_RATIO = 50
+_RATIO_SLACK_BYTES = 1 << 20
 _SAFE_FORMATS = "a .safetensors state dict with an architecture name"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -120,6 +125,39 @@ def _arch_not_applicable(what: str) -> ServiceError:
 # --- checkpoints ----------------------------------------------------------------------------
 
 
+def _unsafe_archive(reason: str) -> ServiceError:
+    return UnprocessableError(
+        f"{reason}; send an archive of plain files with relative paths inside one folder.",
+        code="unsafe_archive",
+    )
+
+
+def _check_member_name(raw: str) -> None:
+    """The intake's rule (``safe_member_path``): relative, no ``..``, no NUL or backslash."""
+    path = PurePosixPath(raw.removeprefix("./"))
+    if "\x00" in raw or "\\" in raw:
+        raise _unsafe_archive(f"The archive member {raw!r} has a NUL byte or backslash in its name")
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        raise _unsafe_archive(f"The archive member {raw!r} has an absolute path")
+    if ".." in path.parts:
+        raise _unsafe_archive(f"The archive member {raw!r} climbs out of the archive with '..'")
+
+
+def _check_zip_members(zf: zipfile.ZipFile, archive_size: int) -> None:
+    total = 0
+    for info in zf.infolist():
+        _check_member_name(info.filename)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+            raise _unsafe_archive(f"The archive member {info.filename!r} is a link or special file")
+        total += info.file_size
+    if total > MAX_EXPANSION_RATIO * archive_size + _RATIO_SLACK_BYTES:
+        raise _unsafe_archive(
+            f"The archive expands {total // max(archive_size, 1)}-fold, which model weights "
+            "never do (a zip bomb)"
+        )
+
+
 def inspect_checkpoint(
     path: Path,
     *,
@@ -190,6 +228,10 @@ def _safetensors_header(raw: bytes, payload_size: int | None) -> dict[str, Any]:
         end = max(end, int(entry["data_offsets"][1]))
     if payload_size is not None and end > payload_size:
         raise _unsupported("The safetensors file is truncated (its tensors end past the file)")
+    if payload_size is not None and end < payload_size:
+        # safetensors refuses such a file on load (its buffer is not covered); storing it would
+        # keep bytes that no probe can use.
+        raise _unsupported("The safetensors file has bytes after its last tensor")
     return header
 
 
@@ -279,6 +321,7 @@ def _inspect_checkpoint_zip(
 ) -> CheckpointInfo:
     zf, names = _zip_names(path)
     with zf:
+        _check_zip_members(zf, path.stat().st_size)
         inner = _inner(names)
         if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
             raise _torchscript_refused()
@@ -319,6 +362,11 @@ def _inspect_hf_tar(path: Path) -> CheckpointInfo:
             members = []
             config: dict[str, bytes] = {}
             for member in tf:
+                _check_member_name(member.name)
+                if not (member.isfile() or member.isdir()):
+                    raise _unsafe_archive(
+                        f"The archive member {member.name!r} is a link or special file"
+                    )
                 members.append(member.name)
                 if len(members) > MAX_ARCHIVE_MEMBERS:
                     raise _unsupported(f"The archive has more than {MAX_ARCHIVE_MEMBERS} members")
@@ -334,6 +382,12 @@ def _inspect_hf_tar(path: Path) -> CheckpointInfo:
 def _hf_info(names: list[str], read: Any) -> CheckpointInfo:
     configs = [n for n in names if PurePosixPath(n).name == "config.json"]
     weights = [n for n in names if n.endswith(".safetensors")]
+    if configs and not weights and any(n.endswith((".bin", ".pt", ".pth", ".ckpt")) for n in names):
+        raise UnprocessableError(
+            "The model folder has only pickled weights (pytorch_model.bin), which are never "
+            "loaded; save it with save_pretrained(safe_serialization=True) and send that.",
+            code="hf_invalid_model",
+        )
     if not configs or not weights:
         raise _unsupported(
             "The archive is not a Hugging Face model folder with config.json and *.safetensors"
@@ -344,7 +398,22 @@ def _hf_info(names: list[str], read: Any) -> CheckpointInfo:
         raise _unsupported("The archive's config.json is not valid JSON") from None
     if not isinstance(config, dict):
         raise _unsupported("The archive's config.json is not a JSON object")
+    if _has_key(config, "auto_map"):
+        raise UnprocessableError(
+            "config.json has an 'auto_map', so the model needs its own Python code, which is "
+            "never run here; send a model whose model_type is built into transformers, or "
+            "safetensors weights for a built-in architecture.",
+            code="hf_remote_code_refused",
+        )
     return CheckpointInfo(format="hf", arch=None, arch_config=config)
+
+
+def _has_key(node: Any, key: str) -> bool:
+    if isinstance(node, dict):
+        return key in node or any(_has_key(v, key) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_key(v, key) for v in node)
+    return False
 
 
 def _scan_state_dict_pickle(zf: zipfile.ZipFile, name: str) -> None:
@@ -428,6 +497,7 @@ def inspect_dataset(path: Path, filename: str) -> DatasetInfo:
         f.seek(max(0, size - 4))
         tail = f.read(4)
     if head.startswith(b"\x93NUMPY"):
+        _check_npy_header(head)
         return DatasetInfo("npy")
     if head.startswith(b"PAR1") and tail == b"PAR1":
         return DatasetInfo("parquet")
@@ -439,6 +509,10 @@ def inspect_dataset(path: Path, filename: str) -> DatasetInfo:
                 _scan_state_dict_pickle(zf, pickles[0])
                 return DatasetInfo("pt")
             if names and all(n.endswith(".npy") for n in names):
+                _check_zip_members(zf, size)
+                for name in names:
+                    with zf.open(name) as member:
+                        _check_npy_header(member.read(65536))
                 return DatasetInfo("npz")
         raise _unsupported_data("The zip archive is neither an .npz nor a torch.save file")
     if _looks_like_pickle(head):
@@ -450,6 +524,24 @@ def inspect_dataset(path: Path, filename: str) -> DatasetInfo:
             raise _unsupported_data("The file is not UTF-8 text with a header line")
         return DatasetInfo("csv")
     raise _unsupported_data("The file is not a dataset format lrprobe reads")
+
+
+def _check_npy_header(head: bytes) -> None:
+    """Refuse object arrays (their data is a pickle) from the ``.npy`` header, a Python dict
+    literal read with ``ast.literal_eval`` (never evaluated as code)."""
+    if not head.startswith(b"\x93NUMPY") or len(head) < 10:
+        raise _unsupported_data("The .npy array header is truncated")
+    major = head[6]
+    width = 2 if major == 1 else 4
+    length = int.from_bytes(head[8 : 8 + width], "little")
+    raw = head[8 + width : 8 + width + length]
+    try:
+        header = ast.literal_eval(raw.decode("latin-1"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise _unsupported_data("The .npy array header is malformed") from None
+    descr = header.get("descr") if isinstance(header, dict) else None
+    if descr is None or "O" in str(descr):
+        raise _pickle_refused("The array holds Python objects (its data is a pickle)")
 
 
 def _looks_like_csv(head: bytes) -> bool:

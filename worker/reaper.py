@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import lifecycle
 from service.broker import DEFAULT_QUEUE, REAP_INTERVAL_SECONDS, make_celery, send_job
-from service.db import make_engine, make_sessionmaker
+from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from service.models import Job
 from service.settings import Settings
 
@@ -58,7 +58,9 @@ def run_forever(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    sessions = make_sessionmaker(
+        make_engine(settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS)
+    )
     celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
     log.info("reaper: every %.0f s on %s", interval, settings.resolved_database_url)
     while True:
@@ -81,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
     if args.once:
-        sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+        sessions = make_sessionmaker(
+            make_engine(
+                settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+            )
+        )
         celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
         reap_once(settings, sessions, celery_app)
         return

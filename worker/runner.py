@@ -22,13 +22,15 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import lifecycle
@@ -52,6 +54,14 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 # After the time limit, how long a batch that never returns may run before the lease thread
 # fails the job itself (the in-process backstop where Celery's hard limit does not apply).
 STUCK_BATCH_GRACE_SECONDS = 120.0
+# While the database is unreachable, a worker retries its claim and its final write (with
+# backoff) for this long instead of dropping the message or a finished probe's result.
+DATABASE_RETRY_SECONDS = 600.0
+# How CPU allocators (torch's "DefaultCPUAllocator: can't allocate memory") and CUDA phrase an
+# allocation failure that reaches Python as a plain RuntimeError.
+_OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+T = TypeVar("T")
 
 
 class ProbeStopped(Exception):  # noqa: N818 - it is a signal, not an error
@@ -92,7 +102,7 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
     settings, sessions = context.settings, context.sessions
     worker = f"{context.name}:{uuid.uuid4().hex[:8]}"  # one claim, one owner name
     lease_s = settings.lease_seconds
-    job = lifecycle.claim(sessions, job_id, worker, lease_s)
+    job = _retrying(lambda: lifecycle.claim(sessions, job_id, worker, lease_s), job_id, "claim")
     if job is None:
         log.info("job %s is not queued any more; nothing to do", job_id)
         return None
@@ -108,13 +118,13 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
         return _fail(sessions, job_id, worker, failure.code, failure.detail)
     except SoftTimeLimitExceeded:
         return _fail(sessions, job_id, worker, "time_limit_exceeded", _limit_advice(limit))
-    except (torch.cuda.OutOfMemoryError, MemoryError):
-        log.warning("job %s ran out of memory", job_id, exc_info=True)
-        return _fail(
-            sessions, job_id, worker, "out_of_memory",
-            "The probe ran out of memory; lower budget.batch_size or use a smaller model.",
-        )  # fmt: skip
-    except Exception:
+    except Exception as exc:
+        if _out_of_memory(exc):
+            log.warning("job %s ran out of memory", job_id, exc_info=True)
+            return _fail(
+                sessions, job_id, worker, "out_of_memory",
+                "The probe ran out of memory; lower budget.batch_size or use a smaller model.",
+            )  # fmt: skip
         log.exception("job %s failed with an unexpected error", job_id)
         return _fail(
             sessions, job_id, worker, "internal_error",
@@ -123,7 +133,11 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
         )  # fmt: skip
     finally:
         lease.stop()
-    if lifecycle.succeed(sessions, job_id, worker, recommendation, METHOD_VERSION):
+    stored = _retrying(
+        lambda: lifecycle.succeed(sessions, job_id, worker, recommendation, METHOD_VERSION),
+        job_id, "store the result",
+    )  # fmt: skip
+    if stored:
         return JobStatus.SUCCEEDED
     log.warning("job %s: the claim was lost before the result could be stored", job_id)
     return None
@@ -175,8 +189,8 @@ def _run(
     except NumericalError as exc:
         raise JobError(
             exc.code,
-            f"{exc} Lower the checkpoint's loss scale or check the data and loss for "
-            "non-finite values.",
+            f"{str(exc).rstrip('.')}. Lower the checkpoint's loss scale or check the data and "
+            "loss for non-finite values.",
         ) from None
     except IntakeError as exc:  # model, data and loss checked against each other, per batch
         raise JobError(exc.code, exc.message) from None
@@ -293,7 +307,36 @@ def _fail(
     sessions: sessionmaker[Session], job_id: str, worker: str, code: str, detail: str
 ) -> JobStatus | None:
     log.info("job %s failed: %s: %s", job_id, code, detail)
-    return JobStatus.FAILED if lifecycle.fail(sessions, job_id, worker, code, detail) else None
+    failed = _retrying(
+        lambda: lifecycle.fail(sessions, job_id, worker, code, detail), job_id, "store the failure"
+    )
+    return JobStatus.FAILED if failed else None
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        message in str(exc).lower() for message in _OUT_OF_MEMORY_MESSAGES
+    )
+
+
+def _retrying(action: Callable[[], T], job_id: str, what: str) -> T:
+    """``action()`` (one transaction of ``lifecycle``), tried again while the database is
+    unreachable. Each transition is conditional, so a retry after a commit whose answer was
+    lost is harmless: it reports the claim as gone and writes nothing."""
+    deadline = time.monotonic() + DATABASE_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s: cannot %s, the database is unavailable (%s); retrying in %.1f s",
+                        job_id, what, type(exc.orig).__name__, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def _time_limit(job: Job, settings: Settings) -> float:

@@ -12,7 +12,7 @@ from billiard.process import current_process
 from celery import Celery
 
 from service.broker import REAP, RUN_JOB
-from service.db import make_engine, make_sessionmaker
+from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from service.settings import Settings
 from worker import devices, reaper, runner
 
@@ -22,7 +22,10 @@ def worker_context() -> runner.WorkerContext:
     """Built on the first task, in the process that runs tasks (after any fork)."""
     settings = Settings()
     devices.setup_process(settings.torch_threads, getattr(current_process(), "index", None))
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    engine = make_engine(
+        settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+    )
+    sessions = make_sessionmaker(engine)
     return runner.WorkerContext.create(settings, sessions)
 
 
