@@ -123,17 +123,18 @@ def ratios(config: Config, device: str, repeats: int) -> dict[str, float]:
 
 
 def peak_memory(config: Config, device: str, method: str) -> float:
-    """Peak memory (MiB) of one call, measured in a fresh interpreter."""
+    """Peak memory (MiB) of one call above everything the process held before it, measured in
+    a fresh interpreter (no warm-up call: its peak would hide the method's)."""
     code = (
-        "import json,sys,resource,torch; from bench.core import *; "
-        f"c=Config(**{config.__dict__!r}); r=runners(c,{device!r}); r['fb']()\n"
-        f"if {device!r}=='cuda': torch.cuda.reset_peak_memory_stats(); "
-        "base=torch.cuda.memory_allocated()\n"
-        "else: base=int(open('/proc/self/statm').read().split()[1])*4096\n"
+        "import json,resource,torch; from bench.core import *; "
+        f"c=Config(**{config.__dict__!r}); r=runners(c,{device!r})\n"
+        f"cuda={device!r}=='cuda'\n"
+        "if cuda: torch.cuda.reset_peak_memory_stats(); before=torch.cuda.memory_allocated()\n"
+        "else: before=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024\n"
         f"r[{method!r}]()\n"
-        f"peak=torch.cuda.max_memory_allocated() if {device!r}=='cuda' "
-        "else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024\n"
-        "print(json.dumps((peak-base)/2**20))"
+        "after=torch.cuda.max_memory_allocated() if cuda else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024\n"
+        "print(json.dumps((after-before)/2**20))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
