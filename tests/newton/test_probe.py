@@ -51,7 +51,12 @@ class BatchNormDropoutNet(nn.Module):
 
 
 def _quick(model: nn.Module, x, y, **kwargs) -> ProbeResult:
-    kwargs = {"num_batches": 3, "heldout_batches": 2, "bootstrap": 20, **kwargs}
+    """A short probe: 8 trajectory steps (4 evaluations) and 3 calibration runs of 4 steps, or
+    K = 3 for the fixed-θ method."""
+    kwargs = {
+        "steps": 8, "period": 2, "calibration_steps": 4, "num_batches": 3, "heldout_batches": 2,
+        "bootstrap": 20, **kwargs,
+    }  # fmt: skip
     return probe(model, losses.cross_entropy, minibatches(x, y, batch_size=32, seed=1), **kwargs)
 
 
@@ -80,7 +85,7 @@ def test_probe_is_deterministic_for_a_seed_even_with_dropout() -> None:
 
 def test_recommended_step_decreases_the_held_out_loss() -> None:
     x, y = _data()
-    result = _quick(_mlp(), x, y, num_batches=6)
+    result = _quick(_mlp(), x, y, method="fixed", num_batches=6)
     chosen = next(c for c in result.scale_checks if c.scale == result.scale)
     assert chosen.realised < 0
     assert chosen.ratio >= 0.5
@@ -89,8 +94,8 @@ def test_recommended_step_decreases_the_held_out_loss() -> None:
 def test_single_group_rate_matches_a_single_group_probe() -> None:
     """Coarsening (spec §1.4): sums of the per-group summaries are the S = 1 problem."""
     x, y = _data()
-    layered = _quick(_mlp(), x, y)
-    single = _quick(_mlp(), x, y, partition="single")
+    layered = _quick(_mlp(), x, y, method="fixed")
+    single = _quick(_mlp(), x, y, method="fixed", partition="single")
     assert single.groups[0].eta == pytest.approx(layered.single_group_eta, rel=1e-6)
 
 
@@ -118,10 +123,19 @@ def test_result_round_trips_through_json() -> None:
     assert set(data["groups"][0]) >= {"name", "lr", "lr_interval", "eta", "flags", "curvature"}
 
 
-def test_progress_reports_every_batch_up_to_the_total() -> None:
+def test_progress_reports_every_trajectory_step_up_to_the_total() -> None:
     x, y = _data()
     events: list[ProbeProgress] = []
     _quick(_mlp(), x, y, progress=events.append)
+    assert [e.done for e in events] == list(range(1, 8 + 3 * 4 + 1))
+    assert {e.total for e in events} == {20}
+    assert [e.phase for e in events] == ["trajectory"] * 8 + ["calibration"] * 12
+
+
+def test_fixed_probe_progress_reports_every_batch_up_to_the_total() -> None:
+    x, y = _data()
+    events: list[ProbeProgress] = []
+    _quick(_mlp(), x, y, method="fixed", progress=events.append)
     assert [e.done for e in events] == list(range(1, 6))
     assert {e.total for e in events} == {5}
 
@@ -129,8 +143,18 @@ def test_progress_reports_every_batch_up_to_the_total() -> None:
 def test_too_few_batches_is_a_clear_error() -> None:
     x, y = _data()
     batches = [(x[:32], y[:32])] * 5
+    with pytest.raises(ValueError, match="needs 16 batches"):
+        probe(_mlp(), losses.cross_entropy, batches, steps=8, period=2, calibration_steps=4)
     with pytest.raises(ValueError, match="needs 10 batches"):
-        probe(_mlp(), losses.cross_entropy, batches, num_batches=3, heldout_batches=2)
+        probe(
+            _mlp(), losses.cross_entropy, batches, method="fixed", num_batches=3, heldout_batches=2
+        )
+
+
+def test_unknown_method_is_a_clear_error() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="unknown method"):
+        _quick(_mlp(), x, y, method="oracle")
 
 
 def test_unused_layer_is_flagged_not_fatal() -> None:
@@ -201,7 +225,8 @@ def test_direction_is_the_step_torch_would_take_at_lr_one(optimizer_cls, hyper) 
 
 def test_momentum_without_a_buffer_converts_eta_with_one_minus_beta() -> None:
     x, y = _data()
-    result = _quick(_mlp(), x, y, optimizer=OptimizerSpec("momentum", momentum=0.9))
+    spec = OptimizerSpec("momentum", momentum=0.9)
+    result = _quick(_mlp(), x, y, method="fixed", optimizer=spec)
     assert result.lr_factor == pytest.approx(0.1)
     for g in result.groups:
         if "fallback_global" not in g.flags:
@@ -211,7 +236,7 @@ def test_momentum_without_a_buffer_converts_eta_with_one_minus_beta() -> None:
 def test_adam_without_state_estimates_the_second_moment_first() -> None:
     x, y = _data()
     events: list[ProbeProgress] = []
-    result = _quick(_mlp(), x, y, optimizer="adam", progress=events.append)
+    result = _quick(_mlp(), x, y, method="fixed", optimizer="adam", progress=events.append)
     assert events[0].phase == "second_moment"
     assert "no saved state" in result.direction
     assert all(g.lr > 0 for g in result.groups)
@@ -225,7 +250,7 @@ def test_a_live_optimizer_supplies_its_state() -> None:
         optimizer.zero_grad()
         losses.cross_entropy(model, (xb, yb)).backward()
         optimizer.step()
-    result = _quick(model, x, y, optimizer=optimizer)
+    result = _quick(model, x, y, method="fixed", optimizer=optimizer)
     assert result.direction == "momentum buffer"
     assert result.lr_factor == 1.0
 
@@ -237,6 +262,59 @@ def test_partition_rule_and_max_groups_reach_the_result() -> None:
     assert result.groups[0].param_names == tuple(
         n for g in partition(_mlp(), "tensor", max_groups=2)[:1] for n in g.param_names
     )
+
+
+def test_trajectory_rates_multiply_the_optimizers_own_step() -> None:
+    """The trajectory steps with torch's momentum buffer, so no 1 − β conversion applies."""
+    x, y = _data()
+    result = _quick(_mlp(), x, y, optimizer="momentum")
+    assert result.method == "trajectory" and result.lr_factor == 1.0
+    for g in result.groups:
+        if "fallback_global" not in g.flags:
+            assert g.lr == pytest.approx(result.scale * g.eta)
+
+
+def test_trajectory_never_recommends_a_zero_rate_for_a_used_group() -> None:
+    x, y = _data()
+    for bounds in (None, 10.0):
+        result = _quick(_mlp(), x, y, bounds=bounds)
+        assert all(g.lr > 0 for g in result.groups)
+
+
+def test_bounds_keep_each_group_near_the_single_group_rate() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, bounds=2.0, steps=4, period=4)
+    single = result.single_group_eta
+    for g in result.groups:
+        assert single / 2 * (1 - 1e-9) <= g.eta <= single * 2 * (1 + 1e-9)
+
+
+def test_calibration_picks_the_candidate_with_the_lowest_loss_after_a_short_run() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, calibrate=(0.1, 0.3, 1.0), calibration_steps=6)
+    assert [c.scale for c in result.scale_checks] == [0.1, 0.3, 1.0]
+    best = min(result.scale_checks, key=lambda c: c.realised)
+    assert result.scale == best.scale
+    for g in result.groups:
+        if "fallback_global" not in g.flags:
+            assert g.lr == pytest.approx(result.scale * g.eta)
+    assert result.single_group_lr == pytest.approx(result.scale * result.single_group_eta)
+    assert ProbeResult.from_dict(json.loads(result.to_json())).to_dict() == result.to_dict()
+
+
+def test_a_live_optimizer_state_is_continued_not_reset() -> None:
+    x, y = _data()
+    model = _mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for xb, yb in zip(x.split(32), y.split(32), strict=True):
+        optimizer.zero_grad()
+        losses.cross_entropy(model, (xb, yb)).backward()
+        optimizer.step()
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    result = _quick(model, x, y, optimizer=optimizer)
+    assert result.method == "trajectory" and all(g.lr > 0 for g in result.groups)
+    after = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(buffers, after, strict=True))
 
 
 @pytest.mark.gpu

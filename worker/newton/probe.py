@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,9 @@ from worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spr
 from worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from worker.newton.state import preserved, shifted
 from worker.newton.summaries import LossFn, Summaries, check_loss, summaries
+from worker.newton.trajectory import Trajectory, calibration_losses, run_trajectory
+
+Method = Literal["trajectory", "fixed"]
 
 # Offsets that keep the RNG seeds of direction, summary and held-out batches apart.
 _SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
@@ -39,12 +42,20 @@ def probe(
     optimizer: str | OptimizerSpec | torch.optim.Optimizer = "sgd",
     partition: PartitionRule | Sequence[Group] = "layer",
     *,
+    method: Method = "trajectory",
+    steps: int = 40,
+    period: int = 4,
+    smoothing: float = 0.5,
+    trajectory_scale: float = 0.3,
+    bounds: float | None = 10.0,
+    calibrate: Sequence[float] = (0.1, 0.3, 1.0),
+    calibration_steps: int = 40,
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
     max_groups: int | None = None,
-    lam_int: float = 1.0,
-    third_order: bool = True,
+    lam_int: float | None = None,
+    third_order: bool | None = None,
     bootstrap: int = 200,
     scales: Sequence[float] = (1.0, 0.3, 0.1, 0.03),
     trust: float = 0.5,
@@ -53,35 +64,57 @@ def probe(
 ) -> ProbeResult:
     """Recommend one learning rate per parameter group for the optimizer the user trains with.
 
-    Protocol (spec §7.1): θ stays fixed. For each of ``num_batches`` pairs, a direction batch
-    gives ``u_k`` (the optimizer's next step with lr = 1) and an independent summary batch gives
-    ``ḡ_k, H̄_k, d3_k``. Summaries are averaged and the cubic rule solved once; a bootstrap over
-    the K summaries gives 10–90 % intervals. Then ``heldout_batches`` fresh direction/evaluation
-    pairs measure the realised loss change of ``scale · η · u`` for each candidate ``scale``; the
-    largest scale whose realised decrease is at least ``trust`` times the quadratic model's
-    prediction becomes λ₁. The recommended lr is ``λ₁ · lr_factor · η`` (``lr_factor`` = 1 − β
-    for momentum without a saved buffer, spec §7.3); a group whose η is not positive falls back
-    to the single-group rate and is flagged.
+    ``method="trajectory"`` (the default; why: :mod:`worker.newton.trajectory`): on a copy of
+    the model, ``steps`` steps of the user's own optimizer with per-group rates
+    ``trajectory_scale · η̄``, where η is re-solved every ``period`` steps on an independent
+    batch (Newton with a Levenberg fallback by default), clipped to
+    ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
+    (``smoothing``), as the published optimizer does (spec §3.4). η̄ is the median over the
+    second half. λ₁ is then the candidate in ``calibrate`` whose ``calibration_steps``-step run
+    from the checkpoint at ``λ₁ · η̄`` ends with the lowest training loss (same batches for
+    every candidate); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
+    (momentum buffer, Adam step), so there is no ``1 − β`` conversion.
+
+    ``method="fixed"`` (spec §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
+    direction batch gives ``u_k`` (the optimizer's next step with lr = 1) and an independent
+    summary batch gives ``ḡ_k, H̄_k, d3_k``. Summaries are averaged and the cubic rule solved
+    once; a bootstrap over the K summaries gives 10–90 % intervals. Then ``heldout_batches``
+    fresh direction/evaluation pairs measure the realised loss change of ``scale · η · u`` for
+    each candidate in ``scales``; the largest whose realised decrease is at least ``trust``
+    times the quadratic model's prediction becomes λ₁. The recommended lr is
+    ``λ₁ · lr_factor · η`` (``lr_factor`` = 1 − β for momentum without a saved buffer, spec
+    §7.3).
+
+    With either method a group whose η is not positive falls back to the single-group rate and
+    is flagged; a negative learning rate is never recommended.
 
     Args:
         model: the checkpoint; it comes back unchanged (parameters, buffers, RNG, ``.grad``).
         loss_fn: ``loss_fn(model, batch) -> scalar``.
-        batches: yields at least ``2·num_batches + 2·heldout_batches`` batches (more are not
-            read); they should be independent draws (see :func:`minibatches`).
+        batches: yields at least ``steps + ⌈steps/period⌉ + calibration_steps`` batches
+            (trajectory) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
+            They should be independent draws (see :func:`minibatches`).
         optimizer: "sgd" | "momentum" | "adam" | "adamw", an :class:`OptimizerSpec`, or a live
-            ``torch.optim`` optimizer (its hyperparameters and state are used).
+            ``torch.optim`` optimizer (its hyperparameters and state are used, not changed).
         partition: a rule for :func:`partition` or explicit groups.
+        method: "trajectory" or "fixed".
+        steps, period, smoothing, trajectory_scale, bounds: the trajectory (see above);
+            ``bounds=None`` keeps only the published relu.
+        calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
+        calibration_steps: length of each calibration run.
+        num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
-        lam_int: weight of the cubic penalty; 0 gives Newton.
-        third_order: compute ``d3`` (needed for the cubic rule).
-        bootstrap: resamples for the intervals (0 disables them).
-        scales: candidate λ₁ values, tried from the largest.
-        progress: called after each batch.
+        max_groups: merge consecutive groups down to this many.
+        lam_int: weight of the cubic penalty; 0 gives Newton. Default: 0 for the trajectory,
+            1 for the fixed-θ probe.
+        third_order: compute ``d3`` (needed for the cubic rule). Default: with ``lam_int > 0``.
+        seed: seeds the batches' dropout masks and the bootstrap.
+        progress: called after each batch (fixed) or optimizer step (trajectory).
 
     Raises:
         ValueError: too few batches, bad arguments (messages name the offending keys).
-        NumericalError: the loss or the summaries are not finite.
+        NumericalError: the loss or the summaries are not finite at the checkpoint.
     """
     started = time.perf_counter()
     if num_batches < 1 or heldout_batches < 1:
@@ -100,6 +133,22 @@ def probe(
     rule = DirectionRule(spec, optimizer_state, names)
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
+    if method == "trajectory":
+        # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
+        # trajectory at half the passes (quality benchmark); the fixed-θ probe keeps cubic.
+        lam_int = 0.0 if lam_int is None else lam_int
+        third_order = lam_int > 0 if third_order is None else third_order
+        return _trajectory_probe(
+            model, loss_fn, batches, spec, groups, optimizer_state,
+            steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
+            bounds=bounds, calibrate=calibrate, calibration_steps=calibration_steps,
+            lam_int=lam_int, third_order=third_order, seed=seed, progress=progress,
+            device=device, started=started,
+        )  # fmt: skip
+    if method != "fixed":
+        raise ValueError(f"unknown method {method!r}: use 'trajectory' or 'fixed'")
+    lam_int = 1.0 if lam_int is None else lam_int
+    third_order = True if third_order is None else third_order
 
     K, J = num_batches, heldout_batches
     drawn = list(itertools.islice(iter(batches), 2 * K + 2 * J))
@@ -461,7 +510,217 @@ def _hyper(spec: OptimizerSpec) -> dict[str, Any]:
         return {"weight_decay": spec.weight_decay}
     if spec.name == "momentum":
         return {
-            "momentum": spec.momentum, "dampening": spec.dampening,
-            "nesterov": spec.nesterov, "weight_decay": spec.weight_decay,
-        }  # fmt: skip
+            "momentum": spec.momentum,
+            "dampening": spec.dampening,
+            "nesterov": spec.nesterov,
+            "weight_decay": spec.weight_decay,
+        }
     return {"betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
+
+
+def _trajectory_probe(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Iterable[Any],
+    spec: OptimizerSpec,
+    groups: list[Group],
+    optimizer_state: ParamState | None,
+    *,
+    steps: int,
+    period: int,
+    smoothing: float,
+    scale: float,
+    bounds: float | None,
+    calibrate: Sequence[float],
+    calibration_steps: int,
+    lam_int: float,
+    third_order: bool,
+    seed: int,
+    progress: Callable[[ProbeProgress], None] | None,
+    device: torch.device,
+    started: float,
+) -> ProbeResult:
+    """The default method: see :mod:`worker.newton.trajectory` for why."""
+    if steps < 2 or period < 1 or not 0 <= smoothing < 1 or scale <= 0:
+        raise ValueError("need steps ≥ 2, period ≥ 1, 0 ≤ smoothing < 1 and trajectory_scale > 0")
+    if calibrate and (calibration_steps < 1 or min(calibrate) <= 0):
+        raise ValueError("calibrate needs positive candidates and calibration_steps ≥ 1")
+    evaluations = -(-steps // period)
+    extra = calibration_steps if calibrate else 0
+    need = steps + evaluations + extra
+    drawn = list(itertools.islice(iter(batches), need))
+    if len(drawn) < need:
+        raise ValueError(
+            f"the probe needs {need} batches ({steps} steps + {evaluations} evaluations"
+            + (f" + {extra} calibration steps" if extra else "")
+            + f"), the iterable gave {len(drawn)}: pass an endless iterator or lower steps"
+        )
+    meter = _Meter(progress, total=steps + extra * len(calibrate), device=device)
+
+    def on_step(s: Summaries | None) -> None:
+        if s is not None:
+            meter.count_summaries(s, third_order)
+        meter.tick("trajectory")
+
+    def fb_timer() -> _Timer:
+        return meter.fb()
+
+    with preserved(model, seed):
+        traj = run_trajectory(
+            model, loss_fn, drawn[:steps], drawn[steps : steps + evaluations], spec, groups,
+            optimizer_state=optimizer_state, scale=scale, period=period, lam_int=lam_int,
+            third_order=third_order, smoothing=smoothing, bounds=bounds, seed=seed, on_step=on_step,
+            fb_timer=fb_timer,
+        )  # fmt: skip
+    notes: list[str] = []
+    if traj.diverged:
+        # The run blew up at λ₁: the rates it used are too large by an unknown factor.
+        scale *= 0.3
+        notes.append(
+            f"the trajectory diverged after {traj.steps} steps: rates lowered by 0.3×; "
+            "probe with a smaller trajectory_scale"
+        )
+    tail = traj.tail()
+    window = traj.summaries[tail]
+    mean = _mean(window)
+    solution = solve(mean, lam_int)
+    eta = traj.smoothed[tail].median(0).values
+    single_values = traj.single[tail].clamp(min=0)
+    eta_single = float(single_values.median())
+    single_note = None
+    if eta_single <= 0:
+        eta_single, single_note = _single_rate(_single_group(mean), mean, lam_int)
+    single_lr = scale * eta_single
+    prior = scale
+    lo, hi = torch.quantile(single_values, torch.tensor([0.1, 0.9], dtype=torch.float64))
+    single_interval = (scale * float(lo), scale * float(hi)) if single_note is None else (
+        single_lr, single_lr,
+    )  # fmt: skip
+    scale_checks: list[ScaleCheck] = []
+    if calibrate:
+        # λ₁ by a short run of the user's optimizer per candidate: the one-step model cannot
+        # say how large a fixed rate stays stable over hundreds of steps (quality benchmark).
+        rates = [float(e) if e > 0 else eta_single for e in eta]
+        with preserved(model, seed):
+            for candidate in calibrate:
+                run = calibration_losses(
+                    model, loss_fn, drawn[steps + evaluations :], spec, groups,
+                    [candidate * r for r in rates], optimizer_state=optimizer_state,
+                    seed=seed + _HELDOUT_SEED, fb_timer=fb_timer,
+                )  # fmt: skip
+                for _ in run:
+                    meter.tick("calibration")
+                tail_losses = run[-max(1, len(run) // 4) :]
+                finite = len(run) == calibration_steps and all(map(math.isfinite, run))
+                change = sum(tail_losses) / len(tail_losses) - run[0] if finite else math.inf
+                scale_checks.append(ScaleCheck(candidate, math.nan, change))
+        best = min(scale_checks, key=lambda c: c.realised)
+        if math.isfinite(best.realised):
+            scale = best.scale
+        else:
+            scale = min(calibrate)
+            notes.append("every calibration run diverged: using the smallest candidate scale")
+        single_lr = scale * eta_single
+        single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
+    group_results = _trajectory_groups(
+        groups, dict(model.named_parameters()), traj, mean, solution, eta, scale, single_lr,
+        single_interval,
+    )  # fmt: skip
+    if single_note:
+        notes.append(single_note)
+    if solution.status not in (SolveStatus.CUBIC, SolveStatus.NEWTON):
+        notes.append(f"the cubic rule fell back to {solution.status.value}")
+    newton = solve(mean, 0.0)
+    return ProbeResult(
+        optimizer={"name": spec.name, **_hyper(spec)},
+        direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
+        lr_factor=1.0,
+        scale=scale,
+        groups=group_results,
+        single_group_lr=single_lr,
+        single_group_eta=eta_single,
+        single_group_interval=single_interval,
+        status=solution.status.value,
+        lam_int=lam_int,
+        loss=mean.loss,
+        hessian_eigenvalues=[float(v) for v in torch.linalg.eigvalsh(mean.H)],
+        coupling=_coupling(mean.H),
+        predicted_decrease={
+            "cubic": solution.model_value,
+            "quadratic_at_eta": cubic_model(mean.H, mean.g, None, eta),
+            "newton": newton.model_value if newton.status == SolveStatus.NEWTON else None,
+            "realised_at_scale": None,
+        },
+        scale_checks=scale_checks,
+        cost=meter.cost(started, batches=len(drawn)),
+        notes=notes,
+        method="trajectory",
+        trajectory_losses=traj.losses,
+    )
+
+
+def _trajectory_groups(
+    groups: Sequence[Group],
+    params: Mapping[str, Tensor],
+    traj: Trajectory,
+    mean: Summaries,
+    solution: Solution,
+    eta: Tensor,
+    scale: float,
+    single_lr: float,
+    single_interval: tuple[float, float],
+) -> list[GroupResult]:
+    tail = traj.tail()
+    smoothed, raw = traj.smoothed[tail], traj.etas[tail]
+    quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
+    g_all = torch.stack([s.g for s in traj.summaries[tail]])
+    newton = solve(mean, 0.0)
+    results = []
+    for i, group in enumerate(groups):
+        q10, _, _, _, q90 = torch.quantile(smoothed[:, i], quantiles).tolist()
+        _, r25, r50, r75, _ = torch.quantile(raw[:, i], quantiles).tolist()
+        h, g = float(mean.H[i, i]), float(mean.g[i])
+        std = float(g_all[:, i].std()) if g_all.shape[0] > 1 else math.nan
+        flags: list[str] = []
+        if i in solution.dropped:
+            flags.append("unused")
+        elif r50 <= 0:
+            flags.append("negative")
+        if q10 <= 0 < float(eta[i]):
+            flags.append("noisy")
+        if std > 0 and abs(g) / std < 2:
+            flags.append("low_snr")
+        if float(eta[i]) > 0:
+            lr, lr_interval = scale * float(eta[i]), (scale * q10, scale * q90)
+        else:
+            # relu kept this group at 0 for most of the run; a frozen layer is the worst
+            # possible advice, so it gets the single-group rate instead.
+            lr, lr_interval = single_lr, single_interval
+            if i not in solution.dropped:
+                flags.append("fallback_global")
+        u2 = float(mean.u_sq_norm[i]) if mean.u_sq_norm is not None else math.nan
+        results.append(
+            GroupResult(
+                name=group.name,
+                param_names=group.param_names,
+                numel=sum(params[n].numel() for n in group.param_names),
+                lr=lr,
+                lr_interval=lr_interval,
+                eta=float(eta[i]),
+                eta_interval=(q10, q90),
+                eta_newton=float(newton.eta[i]) if newton.status == SolveStatus.NEWTON else None,
+                eta_diagonal=g / h if h > 0 else None,
+                g=g,
+                g_snr=abs(g) / std if std > 0 else math.inf,
+                h=h,
+                curvature=h / u2 if u2 > 0 else math.nan,
+                d3=None if mean.d3 is None else float(mean.d3[i]),
+                spread=Spread(
+                    median=r50,
+                    iqr=r75 - r25,
+                    negative_fraction=float((raw[:, i] < 0).double().mean()),
+                ),
+                flags=tuple(flags),
+            )
+        )
+    return results

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-METHOD_VERSION = "gn-probe/0.1"
+METHOD_VERSION = "gn-probe/0.2"  # 0.2: trajectory probe by default (issue 3)
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,27 @@ class ScaleCheck:
         return self.realised / self.predicted if self.predicted else math.nan
 
 
+# Cost of each pass kind in forward+backward units (spec §2.3: one group's row of H̄ costs
+# ≈ 1.0–1.3 FB, with the D̄_sss pass ≈ 2.8–2.9; a forward is about a third of an FB).
+PASS_WEIGHTS = {"forward_backward": 1.0, "hessian_vector": 1.2, "third_order": 1.6, "forward": 0.35}
+
+
 @dataclass(frozen=True)
 class Cost:
+    """What a probe spent. ``fb_equivalents`` is wall time over the median FB time (it includes
+    the solver and bootstrap overhead, large for tiny models); :attr:`pass_equivalents` counts
+    the derivative passes only, the machine-independent figure to compare with training steps."""
+
     batches: int
     passes: dict[str, int]
     seconds: float
     fb_seconds: float
     fb_equivalents: float
     device: str
+
+    @property
+    def pass_equivalents(self) -> float:
+        return sum(PASS_WEIGHTS.get(kind, 1.0) * n for kind, n in self.passes.items())
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class ProbeResult:
     cost: Cost
     method_version: str = METHOD_VERSION
     notes: list[str] = field(default_factory=list)
+    method: str = "fixed"
+    trajectory_losses: list[float] = field(default_factory=list)
 
     @property
     def lrs(self) -> dict[str, float]:

@@ -1,0 +1,215 @@
+"""The quality benchmark: lrprobe's recommendations against the usual ways of choosing a lr.
+
+For each task, start (fresh init, or a checkpoint after a short warm-up), optimizer and seed,
+N training steps with: lrprobe's per-layer rates, lrprobe's single-group rate, the best point
+of a 7-point log grid (7 full runs), the LR range test's steepest-descent suggestion (100
+steps) and the optimizer's default. Reported: final training loss, final and best held-out
+loss (mean ± std over seeds) and the compute spent choosing the rate, in forward+backward
+passes (the probe's derivative passes weighted as in spec §2.3; grid = 7 × N; range test = 100).
+
+    python -m bench.quality            # the README table, ≈ 25 min on 2 cores
+    python -m bench.quality --quick    # a smoke run, < 3 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from bench.quality.runner import GRID, OPTIMIZERS, Job, timed_job
+from bench.quality.tasks import TASKS
+
+METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default")
+METRICS = ("train", "test_final", "test_best")
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
+
+# Alternatives to the default rule, compared with --variants (each costs one more run per job).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fixed": {"method": "fixed", "num_batches": 8, "bootstrap": 0},
+    "uncalibrated": {"calibrate": ()},
+    "cubic": {"lam_int": 1.0, "third_order": True},
+    "traj-relu": {"bounds": None},
+    "traj-b3": {"bounds": 3.0},
+    "traj-s0.1": {"trajectory_scale": 0.1},
+    "traj-s1": {"trajectory_scale": 1.0},
+    "traj-newton": {"lam_int": 0.0, "third_order": False},
+    "traj-p2": {"period": 2},
+    "traj-20": {"steps": 20},
+    "traj-g4": {"max_groups": 4},
+    "cal": {"calibrate": (0.1, 0.3, 1.0)},
+    "cal-hi": {"calibrate": (0.3, 1.0, 3.0)},
+    "cal-newton": {"calibrate": (0.1, 0.3, 1.0), "lam_int": 0.0, "third_order": False},
+    "cal-newton-hi": {"calibrate": (0.3, 1.0, 3.0), "lam_int": 0.0, "third_order": False},
+    "cal-single": {"calibrate": (0.1, 0.3, 1.0), "partition": "single"},
+    "traj-single": {"partition": "single"},
+    "traj-tensor": {"partition": "tensor"},
+}
+
+
+def jobs(
+    tasks: Sequence[str], starts: Sequence[str], optimizers: Sequence[str], seeds: int,
+    steps: int, variants: Sequence[str],
+) -> list[Job]:  # fmt: skip
+    chosen = {v: VARIANTS[v] for v in variants}
+    return [
+        Job(task, start, opt, seed, steps=steps, warmup_steps=max(10, steps // 6), variants=chosen)
+        for task in tasks
+        for start in starts
+        for opt in optimizers
+        for seed in range(seeds)
+    ]
+
+
+def run(all_jobs: list[Job], workers: int) -> list[tuple[Job, dict[str, Any], float]]:
+    if workers <= 1:
+        return [timed_job(j) for j in all_jobs]
+    # Longest tasks first so that the two workers finish together.
+    order = sorted(all_jobs, key=lambda j: j.task != "gpt-lm")
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return list(pool.imap_unordered(timed_job, order))
+
+
+def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str, Any]]:
+    """One row per (task, start, optimizer, method); the grid row is the grid point with the
+    best mean of each metric (an oracle per metric, which favours the grid)."""
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for job, out, _ in sorted(results, key=lambda r: r[0].seed):
+        cells.setdefault((job.task, job.start, job.optimizer), []).append(out)
+    rows = []
+    for (task, start, opt), outs in cells.items():
+        steps = next(j.steps for j, _, _ in results if j.task == task)
+        methods = [m for m in outs[0] if m != "grid"]
+        grid_best = {}
+        for metric in METRICS:
+            lr = min(outs[0]["grid"], key=lambda k: _mean([o["grid"][k][metric] for o in outs]))
+            grid_best[metric] = (lr, [o["grid"][lr][metric] for o in outs])
+        reference = _mean(grid_best["test_best"][1])
+        for method in ["grid", *methods]:
+            row: dict[str, Any] = {"task": task, "start": start, "optimizer": opt, "method": method}
+            if method == "grid":
+                for metric in METRICS:
+                    row[metric] = _stats(grid_best[metric][1])
+                row["lr"] = float(grid_best["test_best"][0])
+                row["selection_fb"] = len(GRID[opt]) * steps
+                row["diverged"] = 0
+            else:
+                runs = [o[method] for o in outs]
+                for metric in METRICS:
+                    row[metric] = _stats([r[metric] for r in runs])
+                row["lr"] = [r["lr"] for r in runs]
+                row["selection_fb"] = _mean([r["selection_fb"] for r in runs])
+                row["diverged"] = sum(r["diverged"] for r in runs)
+            row["ratio"] = row["test_best"]["mean"] / reference
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task | start | optimizer | method | train loss | held-out (final) | held-out (best) "
+        "| ratio to grid | selection FB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diverged = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+        lines.append(
+            f"| {r['task']} | {r['start']} | {r['optimizer']} | {r['method']}{diverged} | "
+            + " | ".join(_fmt(r[m]) for m in METRICS)
+            + f" | {r['ratio']:.3f} | {r['selection_fb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per method: how often it is within 5 % of the grid, its worst and median ratio."""
+    lines = ["| method | within 5 % of grid | beats range test | beats default | median ratio "
+             "| worst ratio | mean selection FB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    by_cell: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_cell.setdefault((r["task"], r["start"], r["optimizer"]), {})[r["method"]] = r
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "grid"]
+    for m in methods:
+        cells = [c for c in by_cell.values() if m in c]
+        ratios = [c[m]["ratio"] for c in cells]
+        wins_range = sum(c[m]["ratio"] <= c["range-test"]["ratio"] for c in cells)
+        wins_default = sum(c[m]["ratio"] <= c["default"]["ratio"] for c in cells)
+        lines.append(
+            f"| {m} | {sum(x <= 1.05 for x in ratios)}/{len(cells)} | {wins_range}/{len(cells)} "
+            f"| {wins_default}/{len(cells)} | {statistics.median(ratios):.3f} | {max(ratios):.3f} "
+            f"| {_mean([c[m]['selection_fb'] for c in cells]):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": _mean(values), "std": std}
+
+
+def _fmt(s: dict[str, float]) -> str:
+    return f"{s['mean']:.4f} ± {s['std']:.4f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, fewer steps")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--optimizers", nargs="+", default=None, choices=OPTIMIZERS)
+    parser.add_argument("--starts", nargs="+", default=None, choices=["init", "warm"])
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    seeds = args.seeds or (1 if args.quick else 3)
+    steps = args.steps or (100 if args.quick else 300)
+    # --quick: one seed, 100 steps, fresh starts, plain SGD and AdamW (explicit flags win).
+    optimizers = args.optimizers or (["sgd", "adamw"] if args.quick else list(OPTIMIZERS))
+    starts = args.starts or (["init"] if args.quick else ["init", "warm"])
+    all_jobs = jobs(args.tasks, starts, optimizers, seeds, steps, args.variants)
+    started = time.perf_counter()
+    results = run(all_jobs, max(1, min(args.workers, 2)))
+    rows = aggregate(results)
+    elapsed = time.perf_counter() - started
+    print(table(rows))
+    print()
+    print(summary(rows))
+    print(f"\n{len(all_jobs)} jobs, {elapsed:.0f} s")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "seeds": seeds,
+                    "steps": steps,
+                    "quick": args.quick,
+                    "variants": {v: VARIANTS[v] for v in args.variants},
+                },
+                "seconds": elapsed,
+                "rows": rows,
+                "runs": [
+                    {"job": asdict(replace(j, variants={})), "seconds": s, "methods": o}
+                    for j, o, s in results
+                ],
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
