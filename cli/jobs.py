@@ -62,7 +62,7 @@ def submit_command(
     weight_decay: opt.WeightDecay = 0.0,
     partition: opt.Partition = "layer",
     max_groups: opt.MaxGroups = None,
-    batches: opt.Batches = 16,
+    batches: opt.Batches = 40,
     batch_size: opt.BatchSize = 128,
     heldout_batches: opt.HeldoutBatches = 4,
     block_size: opt.BlockSize = None,

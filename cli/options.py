@@ -19,7 +19,9 @@ Partition = Annotated[
     str, typer.Option(help="layer | tensor | single, or {regex: group} rules as JSON / @file.")
 ]
 MaxGroups = Annotated[int | None, typer.Option(help="Merge consecutive groups.")]
-Batches = Annotated[int, typer.Option(help="Probe batches K (the probe's budget).")]
+Batches = Annotated[
+    int, typer.Option(help="The probe's budget: grouped-Newton trajectory steps (40 benchmarked).")
+]
 BatchSize = Annotated[int, typer.Option(help="Examples per batch.")]
 HeldoutBatches = Annotated[int, typer.Option(help="Held-out batches for the check.")]
 BlockSize = Annotated[int | None, typer.Option(help="Tokens per sequence (LMs).")]

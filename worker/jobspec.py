@@ -35,7 +35,7 @@ class PartitionSpecIn(BaseModel):
 class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    batches: int = Field(16, ge=2)
+    batches: int = Field(40, ge=1)
     batch_size: int = Field(128, ge=1)
     heldout_batches: int = Field(4, ge=1)
     time_limit_s: float | None = Field(None, gt=0.0)

@@ -32,7 +32,7 @@ class ProbeRequest:
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     partition: PartitionRule = "layer"
     max_groups: int | None = None
-    batches: int = 16
+    batches: int = 40  # the budget: trajectory steps (default method)
     batch_size: int = 128
     heldout_batches: int = 4
     block_size: int | None = None
@@ -94,6 +94,9 @@ def run_probe(
         optimizer=request.optimizer,
         partition=request.partition,
         max_groups=request.max_groups,
+        # The budget bounds both methods: trajectory steps take one batch each, the fixed
+        # probe two per probe batch; the trajectory needs at least two steps.
+        steps=max(request.batches, 2),
         num_batches=request.batches,
         heldout_batches=request.heldout_batches,
         seed=request.seed,
@@ -107,12 +110,21 @@ def _on_device(batches: ProbeBatches, device: torch.device) -> Iterator[tuple[An
 
 
 def _sample_output(model: nn.Module, dataset: Dataset, device: torch.device) -> Any:
-    """The model's output on two examples, in eval mode so no BatchNorm buffer moves."""
+    """The model's output on two examples, leaving every BatchNorm buffer as it was.
+
+    Built-in modules run in eval mode. A ``torch.export`` module has its mode fixed at export
+    (``eval()`` raises ``NotImplementedError``), so it runs as exported and its buffers are put
+    back afterwards.
+    """
     x = dataset.x[: min(2, dataset.num_examples)]
     if dataset.kind == "tokens":
         x = x.to(torch.int64)
     training = model.training
-    model.eval()
+    saved: dict[str, torch.Tensor] | None = None
+    try:
+        model.eval()
+    except NotImplementedError:
+        saved = {name: b.detach().clone() for name, b in model.named_buffers()}
     try:
         with torch.no_grad():
             return model(x.to(device))
@@ -123,4 +135,9 @@ def _sample_output(model: nn.Module, dataset: Dataset, device: torch.device) -> 
             "check the architecture config against the data.",
         ) from None
     finally:
-        model.train(training)
+        if saved is None:
+            model.train(training)
+        else:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    model.get_buffer(name).copy_(value)
