@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,24 +124,52 @@ def ratios(config: Config, device: str, repeats: int) -> dict[str, float]:
     return out
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
 def peak_memory(config: Config, device: str, method: str) -> float:
-    """Peak memory (MiB) of one call above everything the process held before it, measured in
-    a fresh interpreter (no warm-up call: its peak would hide the method's)."""
+    """Peak memory (MiB) of one call above what the process held just before it, measured in a
+    fresh interpreter. CPU: resident size sampled every millisecond during the call (the
+    process's lifetime peak, ru_maxrss, is dominated by importing torch); CUDA: peak allocated.
+    """
     code = (
-        "import json,resource,torch; from bench.core import *; "
-        f"c=Config(**{config.__dict__!r}); r=runners(c,{device!r})\n"
-        f"cuda={device!r}=='cuda'\n"
-        "if cuda: torch.cuda.reset_peak_memory_stats(); before=torch.cuda.memory_allocated()\n"
-        "else: before=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024\n"
-        f"r[{method!r}]()\n"
-        "after=torch.cuda.max_memory_allocated() if cuda else "
-        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024\n"
-        "print(json.dumps((after-before)/2**20))"
+        "import json,torch; from bench.core import *; "
+        f"c=Config(**{config.__dict__!r}); r=runners(c,{device!r}); "
+        f"print(json.dumps(measure_peak(r[{method!r}], {device!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     return float(out.strip().splitlines()[-1])
+
+
+def measure_peak(fn: Callable[[], None], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    before = _rss_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return (max(peak[0], _rss_bytes()) - before) / 2**20
 
 
 def main() -> None:
