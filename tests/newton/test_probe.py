@@ -281,6 +281,18 @@ def test_trajectory_never_recommends_a_zero_rate_for_a_used_group() -> None:
         assert all(g.lr > 0 for g in result.groups)
 
 
+@pytest.mark.parametrize("method", ["trajectory", "fixed"])
+def test_each_recommended_rate_lies_within_its_own_interval(method: str) -> None:
+    """An even number of tail evaluations once put the median below its own 10 % quantile."""
+    x, y = _data()
+    result = _quick(_mlp(), x, y, method=method, steps=16, period=4)
+    for g in result.groups:
+        lo, hi = g.lr_interval
+        assert lo * (1 - 1e-12) <= g.lr <= hi * (1 + 1e-12), g.name
+    lo, hi = result.single_group_interval
+    assert lo * (1 - 1e-12) <= result.single_group_lr <= hi * (1 + 1e-12)
+
+
 def test_bounds_keep_each_group_near_the_single_group_rate() -> None:
     x, y = _data()
     result = _quick(_mlp(), x, y, bounds=2.0, steps=4, period=4)

@@ -584,9 +584,11 @@ def _trajectory_probe(
     window = traj.summaries[tail]
     mean = _mean(window)
     solution = solve(mean, lam_int)
-    eta = traj.smoothed[tail].median(0).values
+    # Interpolated medians, like the interval's quantiles: torch.median takes the lower middle
+    # value of an even count, which can fall below the 10 % quantile.
+    eta = torch.quantile(traj.smoothed[tail], 0.5, dim=0)
     single_values = traj.single[tail].clamp(min=0)
-    eta_single = float(single_values.median())
+    eta_single = float(torch.quantile(single_values, 0.5))
     single_note = None
     if eta_single <= 0:
         eta_single, single_note = _single_rate(_single_group(mean), mean, lam_int)

@@ -38,6 +38,7 @@ so the optimizer state evolves as in training and the recommended rate multiplie
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -122,7 +123,11 @@ def run_trajectory(
     ``fb_timer`` wraps each forward+backward (the probe's cost unit). A run whose loss stops
     being finite ends there (``diverged``); a non-finite loss at the checkpoint itself raises.
     """
-    work = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        # Copying a torch.export module trips a deprecation inside torch's pytree code; it is
+        # torch's own warning, not the user's concern.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        work = copy.deepcopy(model)
     params = dict(work.named_parameters())
     optimizer = build_optimizer(spec, groups, params)
     if optimizer_state:
@@ -267,7 +272,11 @@ def calibration_losses(
     """Training losses of a short run of the user's optimizer from the checkpoint with the
     per-group ``rates``, on ``batches`` (the same batches for every candidate, so that the
     comparison between candidates is not drowned in batch noise). Stops at a non-finite loss."""
-    work = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        # Copying a torch.export module trips a deprecation inside torch's pytree code; it is
+        # torch's own warning, not the user's concern.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        work = copy.deepcopy(model)
     params = dict(work.named_parameters())
     optimizer = build_optimizer(spec, groups, params)
     if optimizer_state:
