@@ -465,7 +465,7 @@ def bucket_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store = tmp_path / "store"
     store.mkdir()
     filesystem = DirFileSystem(path=str(store), fs=LocalFileSystem())
-    monkeypatch.setattr(remote_data, "_filesystem", lambda scheme: filesystem)
+    monkeypatch.setattr(remote_data, "_filesystem", lambda scheme, **_: filesystem)
     return store
 
 

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from worker.intake.errors import IntakeError
 
@@ -46,6 +47,13 @@ class DataPolicy:
     ``timeout_s``: the limit for connecting and for each read of a download.
     ``ca_file``: a PEM bundle of certificate authorities to trust for https:// data *instead of*
     the default (certifi) bundle, for data hosts behind a private PKI.
+    ``s3_endpoint_url``: the S3-compatible service ``s3://`` references are read from (MinIO,
+    Ceph, a cloud other than AWS), e.g. ``https://minio.internal:9000``; ``None`` uses
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` from the environment if set, else AWS. The
+    endpoint, whichever way it is given, is held to the same rules as a data host except the
+    allow-list (buckets are allow-listed, not the endpoint): ``http://`` needs
+    ``allow_insecure_http``, and an address that is loopback or private needs
+    ``allow_private_addresses`` (link-local stays refused).
     """
 
     roots: tuple[Path, ...] = ()
@@ -56,6 +64,7 @@ class DataPolicy:
     cache_dir: Path | None = None
     timeout_s: float = 60.0
     ca_file: Path | None = None
+    s3_endpoint_url: str | None = None
     _real_roots: tuple[Path, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +76,12 @@ class DataPolicy:
             raise ValueError("max_bytes must be positive")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        if self.s3_endpoint_url is not None:
+            endpoint = urlsplit(self.s3_endpoint_url)
+            if endpoint.scheme not in ("https", "http") or not endpoint.hostname:
+                raise ValueError(
+                    f"s3_endpoint_url {self.s3_endpoint_url!r} must be an http(s)://HOST[:PORT] URL"
+                )
         object.__setattr__(self, "roots", tuple(Path(os.path.normpath(r)) for r in roots))
         object.__setattr__(self, "_real_roots", tuple(Path(os.path.realpath(r)) for r in roots))
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))

@@ -6,7 +6,11 @@ and each redirect — is checked against the allow-list and the address rules, t
 to the one address that was checked (the Host header and the TLS server name keep the original
 host, so certificates are verified as usual), proxies and ``.netrc`` from the environment are
 ignored, and the body is counted as it arrives. ``s3://`` and ``gs://`` go through fsspec with
-s3fs / gcsfs; for them the allow-list names buckets.
+s3fs / gcsfs; for them the allow-list names buckets. An S3-compatible endpoint
+(``DataPolicy.s3_endpoint_url``, or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) is checked
+like a data host's address before each download and then passed to s3fs explicitly; s3fs makes
+its own connection, so unlike https:// the address is not pinned (the endpoint is operator
+configuration, not part of the reference).
 
 Downloads are cached under ``cache_dir/remote/<sha256 of the reference>/``: a remote reference is
 treated as immutable, so publish a changed file under a new name (or with a version in its path).
@@ -45,11 +49,16 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 def fetch_remote(url: str, policy: DataPolicy, *, resolve: Resolver = system_resolve) -> Path:
     """Download ``url`` (no fragment) into the cache and return the local path."""
     parts = urlsplit(url)
+    options: dict[str, Any] = {}
     if parts.scheme in ("https", "http"):
         _check_http_url(parts, policy)
     else:
         _check_bucket_url(parts, policy)
-    target = _cache_path(url, parts, policy)
+        endpoint = _s3_endpoint(policy, resolve) if parts.scheme == "s3" else None
+        if endpoint is not None:
+            options["endpoint_url"] = endpoint
+    key = url if not options else f"{options['endpoint_url']} {url}"
+    target = _cache_path(key, parts, policy)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,20 +66,20 @@ def fetch_remote(url: str, policy: DataPolicy, *, resolve: Resolver = system_res
         if parts.scheme in ("https", "http"):
             _download_http(url, policy, resolve, handle)
         else:
-            _download_fsspec(parts, policy, handle)
+            _download_fsspec(parts, policy, handle, options)
         handle.close()
         os.replace(staging, target)
     return target
 
 
-def _cache_path(url: str, parts: SplitResult, policy: DataPolicy) -> Path:
+def _cache_path(key: str, parts: SplitResult, policy: DataPolicy) -> Path:
     if policy.cache_dir is None:
         raise IntakeError(
             "data_ref_refused",
             "This deployment has no data cache directory, so remote references are refused; "
             "use a builtin://, a file:// under a data root or an uploaded dataset instead.",
         )
-    digest = hashlib.sha256(url.encode()).hexdigest()[:32]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     name = _SAFE_NAME.sub("_", parts.path.rsplit("/", 1)[-1])[-120:] or "data"
     return policy.cache_dir / "remote" / digest / name
 
@@ -139,6 +148,42 @@ def _check_bucket_url(parts: SplitResult, policy: DataPolicy) -> None:
             f"The bucket {parts.netloc!r} is not on this deployment's data allow-list; ask an "
             "operator to add it, or upload the dataset instead.",
         )
+
+
+def _s3_endpoint(policy: DataPolicy, resolve: Resolver) -> str | None:
+    """The S3-compatible endpoint s3fs will use, after the address checks; ``None``: AWS."""
+    endpoint = (
+        policy.s3_endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or port == -1
+        or "@" in parts.netloc
+    ):
+        raise IntakeError(
+            "data_ref_refused",
+            "This worker's S3 endpoint is not an http(s)://HOST[:PORT] URL, so s3:// references "
+            "are refused; ask an operator to fix it, or upload the dataset instead.",
+        )
+    if parts.scheme == "http" and not policy.allow_insecure_http:
+        raise IntakeError(
+            "data_ref_refused",
+            f"This worker's S3 endpoint {parts.netloc} is plain http://, which is refused because "
+            "the download could be altered on the way; ask an operator for an https:// endpoint.",
+        )
+    default_port = 443 if parts.scheme == "https" else 80
+    pin_address(parts.hostname, port or default_port, policy, resolve)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _download_http(url: str, policy: DataPolicy, resolve: Resolver, out: IO[bytes]) -> None:
@@ -237,11 +282,11 @@ def _check_size(size: int, max_bytes: int, url: str) -> None:
         )
 
 
-def _filesystem(scheme: str) -> Any:
+def _filesystem(scheme: str, **options: Any) -> Any:
     import fsspec
 
     try:
-        return fsspec.filesystem(scheme)
+        return fsspec.filesystem(scheme, **options)
     except ImportError:
         package, extra = _EXTRAS[scheme]
         raise IntakeError(
@@ -251,9 +296,11 @@ def _filesystem(scheme: str) -> Any:
         ) from None
 
 
-def _download_fsspec(parts: SplitResult, policy: DataPolicy, out: IO[bytes]) -> None:
+def _download_fsspec(
+    parts: SplitResult, policy: DataPolicy, out: IO[bytes], options: dict[str, Any]
+) -> None:
     url = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    fs = _filesystem(parts.scheme)
+    fs = _filesystem(parts.scheme, **options)
     path = f"{parts.netloc}{parts.path}"
     try:
         info = fs.info(path)
