@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import sys
 import tarfile
 import warnings
@@ -347,6 +348,14 @@ def _truncated_safetensors(dest: Path, marker: Path) -> Path:
     return dest
 
 
+def _header_claiming_gigabytes(dest: Path, marker: Path) -> Path:
+    """A safetensors length prefix of 8 GiB before a small header: nothing may be allocated
+    or read on the prefix's word."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    dest.write_bytes(struct.pack("<Q", 8 * 2**30) + header + bytes(16))
+    return dest
+
+
 def _garbage(dest: Path, marker: Path) -> Path:
     dest.write_bytes(bytes(range(256)) * 16)
     return dest
@@ -466,6 +475,7 @@ HOSTILE: list[tuple[str, Callable[[Path, Path], Path], str]] = [
     ("torchscript", _torchscript, "torchscript_refused"),
     ("pt2-with-pickle-member", _pt2_with_pickle, "pt2_disabled"),
     ("truncated-safetensors", _truncated_safetensors, "unsupported_checkpoint"),
+    ("header-claiming-gigabytes", _header_claiming_gigabytes, "unsupported_checkpoint"),
     ("garbage-bytes", _garbage, "unsupported_checkpoint"),
     ("empty-file", _empty, "unsupported_checkpoint"),
     ("truncated-zip", _truncated_zip, "unsupported_checkpoint"),
