@@ -107,7 +107,7 @@ def ensure_example_job(settings: Settings, queue: JobQueue | None = None) -> str
             data="builtin://digits",
             loss="cross_entropy",
             optimizer="adam",  # type: ignore[arg-type]
-            budget=BudgetSpec(batches=8, batch_size=64, heldout_batches=2),
+            budget=BudgetSpec(batch_size=64),  # the default 40 steps: real intervals
             device="cpu",
             label=EXAMPLE_LABEL,
         )
