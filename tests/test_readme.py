@@ -20,3 +20,9 @@ def test_quick_start_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None
     assert "single-group lr" in printed
     optimizer = namespace["optimizer"]
     assert len(optimizer.param_groups) == 3  # type: ignore[attr-defined]
+    # Sane advice, not just a printed table: a diverging probe once recommended lr ≈ 5e10 and
+    # flagged used layers as unused here.
+    result = namespace["result"]
+    for group in result.groups:  # type: ignore[attr-defined]
+        assert 1e-4 < group.lr < 100, (group.name, group.lr)
+        assert "unused" not in group.flags, group.name

@@ -293,6 +293,24 @@ def test_each_recommended_rate_lies_within_its_own_interval(method: str) -> None
     assert lo * (1 - 1e-12) <= result.single_group_lr <= hi * (1 + 1e-12)
 
 
+def test_a_diverging_trajectory_is_run_again_with_smaller_rates() -> None:
+    """The README's digits MLP at seed 0: at 0.3·η the tanh layers saturate and the loss grows
+    (finite) into the millions; the probe must notice and not recommend such rates."""
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    x = torch.tensor(features / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10)
+    )
+    result = probe(model, losses.cross_entropy, minibatches(x, y, batch_size=128))
+    assert any("run again with rates 10× smaller" in note for note in result.notes)
+    assert all(1e-3 < g.lr < 10 for g in result.groups)
+    assert max(result.trajectory_losses) < 10 * result.trajectory_losses[0]
+
+
 def test_bounds_keep_each_group_near_the_single_group_rate() -> None:
     x, y = _data()
     result = _quick(_mlp(), x, y, bounds=2.0, steps=4, period=4)

@@ -24,6 +24,8 @@ from worker.newton.trajectory import Trajectory, calibration_losses, run_traject
 
 Method = Literal["trajectory", "fixed"]
 
+# A diverging trajectory is run again with rates 10× smaller, at most this many times in all.
+_TRAJECTORY_ATTEMPTS = 3
 # Offsets that keep the RNG seeds of direction, summary and held-out batches apart.
 _SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
 
@@ -565,14 +567,24 @@ def _trajectory_probe(
     def fb_timer() -> _Timer:
         return meter.fb()
 
-    with preserved(model, seed):
-        traj = run_trajectory(
-            model, loss_fn, drawn[:steps], drawn[steps : steps + evaluations], spec, groups,
-            optimizer_state=optimizer_state, scale=scale, period=period, lam_int=lam_int,
-            third_order=third_order, smoothing=smoothing, bounds=bounds, seed=seed, on_step=on_step,
-            fb_timer=fb_timer,
-        )  # fmt: skip
     notes: list[str] = []
+    for attempt in range(_TRAJECTORY_ATTEMPTS):
+        with preserved(model, seed):
+            traj = run_trajectory(
+                model, loss_fn, drawn[:steps], drawn[steps : steps + evaluations], spec, groups,
+                optimizer_state=optimizer_state, scale=scale, period=period, lam_int=lam_int,
+                third_order=third_order, smoothing=smoothing, bounds=bounds, seed=seed,
+                on_step=on_step, fb_timer=fb_timer,
+            )  # fmt: skip
+        if not traj.diverged or attempt + 1 == _TRAJECTORY_ATTEMPTS:
+            break
+        # Rates that blow the run up say little about the checkpoint: start again, gentler.
+        notes.append(
+            f"the trajectory diverged at rates {scale:g}·η after {traj.steps} steps; "
+            "it was run again with rates 10× smaller"
+        )
+        scale *= 0.1
+        meter.total += steps
     if traj.diverged:
         # The run blew up at λ₁: the rates it used are too large by an unknown factor.
         scale *= 0.3
@@ -617,11 +629,14 @@ def _trajectory_probe(
                 change = sum(tail_losses) / len(tail_losses) - run[0] if finite else math.inf
                 scale_checks.append(ScaleCheck(candidate, math.nan, change))
         best = min(scale_checks, key=lambda c: c.realised)
-        if math.isfinite(best.realised):
+        if math.isfinite(best.realised) and best.realised < 0:
             scale = best.scale
         else:
             scale = min(calibrate)
-            notes.append("every calibration run diverged: using the smallest candidate scale")
+            notes.append(
+                "no calibration run lowered the training loss: using the smallest candidate "
+                "scale; treat these rates as an upper bound"
+            )
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
     group_results = _trajectory_groups(

@@ -147,7 +147,8 @@ def run_trajectory(
             loss = loss_fn(work, batch)
             if t == 0:
                 check_loss(loss)
-            elif not bool(torch.isfinite(loss.detach())):
+                start = float(loss.detach())
+            elif not bool(torch.isfinite(loss.detach())) or _blew_up(float(loss.detach()), start):
                 diverged = True
                 break
             loss.backward()
@@ -203,6 +204,16 @@ def run_trajectory(
         steps=len(losses),
         diverged=diverged,
     )
+
+
+# A trajectory whose training loss grows past this multiple of its starting value has
+# diverged even if the loss stays finite: a saturated tanh network keeps a finite loss while
+# its curvature vanishes and η explodes (seen on the README's digits MLP for 3 seeds of 6).
+DIVERGENCE_FACTOR = 10.0
+
+
+def _blew_up(loss: float, start: float) -> bool:
+    return start != 0 and loss - start > DIVERGENCE_FACTOR * abs(start)
 
 
 def _unit_step(optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
