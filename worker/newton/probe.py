@@ -217,17 +217,16 @@ def probe(
     single_draws = [_single_rate(_single_group(m), m, lam_int)[0] for m in draws["means"]]
     single_interval = _interval(single_draws, single_scale * factor, eta_single)
     per_batch_eta = torch.stack([solve(s, lam_int).eta for s in per_batch])
+    newton = solve(mean, 0.0)
     group_results = _group_results(
-        groups, params, per_batch, mean, solution, per_batch_eta, draws["etas"],
+        groups, params, per_batch, mean, solution, newton, per_batch_eta, draws["etas"],
         scale * factor, single_lr, single_interval, lam_int,
     )  # fmt: skip
 
     notes = [scale_note] if scale_note else []
-    if solution.status not in (SolveStatus.CUBIC, SolveStatus.NEWTON):
-        notes.append(f"the cubic rule fell back to {solution.status.value}")
+    notes += _solver_notes(solution)
     if single_note:
         notes.append(single_note)
-    newton = solve(mean, 0.0)
     return ProbeResult(
         optimizer={"name": spec.name, **_hyper(spec)},
         direction=rule.description,
@@ -237,21 +236,40 @@ def probe(
         single_group_lr=single_lr,
         single_group_eta=eta_single,
         single_group_interval=single_interval,
-        status=solution.status.value,
         lam_int=lam_int,
-        loss=mean.loss,
-        hessian_eigenvalues=[float(v) for v in torch.linalg.eigvalsh(mean.H)],
-        coupling=_coupling(mean.H),
-        predicted_decrease={
-            "cubic": solution.model_value,
-            "quadratic_at_eta": cubic_model(mean.H, mean.g, None, eta),
-            "newton": newton.model_value if newton.status == SolveStatus.NEWTON else None,
-            "realised_at_scale": _realised_at(checks, scale),
-        },
+        **_model_fields(mean, solution, newton, eta, _realised_at(checks, scale)),
         scale_checks=checks,
         cost=meter.cost(started, batches=len(drawn)),
         notes=notes,
     )
+
+
+def _model_fields(
+    mean: Summaries,
+    solution: Solution,
+    newton: Solution,
+    eta: Tensor,
+    realised_at_scale: float | None,
+) -> dict[str, Any]:
+    """The ProbeResult fields both methods derive from the averaged summaries they solved."""
+    return {
+        "status": solution.status.value,
+        "loss": mean.loss,
+        "hessian_eigenvalues": [float(v) for v in torch.linalg.eigvalsh(mean.H)],
+        "coupling": _coupling(mean.H),
+        "predicted_decrease": {
+            "cubic": solution.model_value,
+            "quadratic_at_eta": cubic_model(mean.H, mean.g, None, eta),
+            "newton": newton.model_value if newton.status == SolveStatus.NEWTON else None,
+            "realised_at_scale": realised_at_scale,
+        },
+    }
+
+
+def _solver_notes(solution: Solution) -> list[str]:
+    if solution.status in (SolveStatus.CUBIC, SolveStatus.NEWTON):
+        return []
+    return [f"the cubic rule fell back to {solution.status.value}"]
 
 
 def _partition(model: nn.Module, rule: PartitionRule, max_groups: int | None) -> list[Group]:
@@ -431,6 +449,7 @@ def _group_results(
     per_batch: list[Summaries],
     mean: Summaries,
     solution: Solution,
+    newton: Solution,
     per_batch_eta: Tensor,
     boot_etas: list[Tensor],
     factor: float,
@@ -439,7 +458,6 @@ def _group_results(
     lam_int: float,
 ) -> list[GroupResult]:
     g_all = torch.stack([s.g for s in per_batch])
-    newton = solve(mean, 0.0)
     boot = torch.stack(boot_etas) if boot_etas else None
     results = []
     for i, group in enumerate(groups):
@@ -639,15 +657,14 @@ def _trajectory_probe(
             )
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
+    newton = solve(mean, 0.0)
     group_results = _trajectory_groups(
-        groups, dict(model.named_parameters()), traj, mean, solution, eta, scale, single_lr,
-        single_interval,
+        groups, dict(model.named_parameters()), traj, mean, solution, newton, eta, scale,
+        single_lr, single_interval,
     )  # fmt: skip
     if single_note:
         notes.append(single_note)
-    if solution.status not in (SolveStatus.CUBIC, SolveStatus.NEWTON):
-        notes.append(f"the cubic rule fell back to {solution.status.value}")
-    newton = solve(mean, 0.0)
+    notes += _solver_notes(solution)
     return ProbeResult(
         optimizer={"name": spec.name, **_hyper(spec)},
         direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
@@ -657,17 +674,8 @@ def _trajectory_probe(
         single_group_lr=single_lr,
         single_group_eta=eta_single,
         single_group_interval=single_interval,
-        status=solution.status.value,
         lam_int=lam_int,
-        loss=mean.loss,
-        hessian_eigenvalues=[float(v) for v in torch.linalg.eigvalsh(mean.H)],
-        coupling=_coupling(mean.H),
-        predicted_decrease={
-            "cubic": solution.model_value,
-            "quadratic_at_eta": cubic_model(mean.H, mean.g, None, eta),
-            "newton": newton.model_value if newton.status == SolveStatus.NEWTON else None,
-            "realised_at_scale": None,
-        },
+        **_model_fields(mean, solution, newton, eta, realised_at_scale=None),
         scale_checks=scale_checks,
         cost=meter.cost(started, batches=len(drawn)),
         notes=notes,
@@ -682,6 +690,7 @@ def _trajectory_groups(
     traj: Trajectory,
     mean: Summaries,
     solution: Solution,
+    newton: Solution,
     eta: Tensor,
     scale: float,
     single_lr: float,
@@ -691,7 +700,6 @@ def _trajectory_groups(
     smoothed, raw = traj.smoothed[tail], traj.etas[tail]
     quantiles = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
     g_all = torch.stack([s.g for s in traj.summaries[tail]])
-    newton = solve(mean, 0.0)
     results = []
     for i, group in enumerate(groups):
         q10, _, _, _, q90 = torch.quantile(smoothed[:, i], quantiles).tolist()
