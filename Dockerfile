@@ -11,6 +11,7 @@ COPY service ./service
 COPY worker ./worker
 COPY cli ./cli
 COPY migrations ./migrations
+COPY lrprobe ./lrprobe
 
 FROM base AS api
 # The service never imports torch (import-linter enforces it), so its image does without.
@@ -27,5 +28,5 @@ FROM base AS worker
 RUN pip install torch==2.13.0 && pip install '.[worker,service]'
 USER lrprobe
 # One process per GPU: --pool=solo, one probe at a time (see docker-compose.yml).
-CMD ["celery", "-A", "worker.celery_app", "worker", "--pool=solo", "--concurrency=1", \
+CMD ["celery", "-A", "lrprobe.worker.celery_app", "worker", "--pool=solo", "--concurrency=1", \
      "--loglevel=INFO", "--without-gossip", "--without-mingle"]

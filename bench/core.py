@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from worker.newton import partition, summaries
-from worker.newton.summaries import _dot
+from lrprobe.worker.newton import partition, summaries
+from lrprobe.worker.newton.summaries import _dot
 
 METHODS = ("gH", "gHd3", "published_gH", "published_gHd3")
 

@@ -3,7 +3,7 @@ PostgreSQL, Redis as the broker, 10,000 jobs in the database.
 
 The script creates a throwaway database on the PostgreSQL server given (and drops it after),
 uses a queue of its own on the Redis given (deleted after), seeds one key's jobs directly in the
-database, starts ``uvicorn --factory service.asgi:app_from_environment --workers N`` on
+database, starts ``uvicorn --factory lrprobe.service.asgi:app_from_environment --workers N`` on
 127.0.0.1, and drives it with an asyncio client at a fixed concurrency for a fixed time per
 scenario. It prints requests per second, p50/p99 latency and the error count (any non-2xx or
 transport error) per scenario. No Celery worker runs: submitted jobs stay queued.
@@ -37,15 +37,15 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from client.schemas import ApiKeyCreate
-from service import keys, migrate
-from service.broker import make_celery
-from service.db import make_engine, make_sessionmaker
-from service.embedded import child_environment
-from service.keys import authenticate
-from service.lifecycle import JobStatus, new_id
-from service.models import Job, JobEvent, ModelArtifact, utcnow
-from service.settings import Settings
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.broker import make_celery
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.embedded import child_environment
+from lrprobe.service.keys import authenticate
+from lrprobe.service.lifecycle import JobStatus, new_id
+from lrprobe.service.models import Job, JobEvent, ModelArtifact, utcnow
+from lrprobe.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = [JobStatus.SUCCEEDED] * 6 + [JobStatus.FAILED, JobStatus.QUEUED, JobStatus.CANCELLED]
@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         env = child_environment(settings, queue, base_env)
         with (tmp / "api.log").open("wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "service.asgi:app_from_environment",
-                 "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.api_workers),
+                [sys.executable, "-m", "uvicorn", "--factory",
+                 "lrprobe.service.asgi:app_from_environment", "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", str(args.api_workers),
                  "--log-level", "warning", "--no-access-log"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip

@@ -24,13 +24,13 @@ def demo(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Probe a small MLP on scikit-learn's digits and print its per-layer learning rates."""
-    from cli.demo import run_demo
+    from lrprobe.cli.demo import run_demo
 
     run_demo(batches=batches, seed=seed)
 
 
 def _register() -> None:
-    from cli.probe import probe_command
+    from lrprobe.cli.probe import probe_command
 
     app.command("probe")(probe_command)
 
@@ -39,8 +39,8 @@ _register()
 
 
 def _register_service() -> None:
-    from cli.keys import keys_app
-    from cli.serve import migrate_command, serve_command
+    from lrprobe.cli.keys import keys_app
+    from lrprobe.cli.serve import migrate_command, serve_command
 
     app.command("serve")(serve_command)
     app.command("migrate")(migrate_command)
@@ -51,8 +51,8 @@ _register_service()
 
 
 def _register_remote() -> None:
-    from cli.jobs import jobs_app, submit_command
-    from cli.models import datasets_app, models_app
+    from lrprobe.cli.jobs import jobs_app, submit_command
+    from lrprobe.cli.models import datasets_app, models_app
 
     app.command("submit")(submit_command)
     app.add_typer(jobs_app, name="jobs")

@@ -7,9 +7,9 @@ from rich.console import Console
 from sklearn.datasets import load_digits
 from torch import nn
 
-from cli.render import print_recommendation, probe_progress
-from client import Recommendation
-from worker.newton import losses, minibatches, probe
+from lrprobe.cli.render import print_recommendation, probe_progress
+from lrprobe.client import Recommendation
+from lrprobe.worker.newton import losses, minibatches, probe
 
 
 def run_demo(batches: int = 8, seed: int = 0) -> None:

@@ -1,6 +1,6 @@
 """``lrprobe submit`` and ``lrprobe jobs ls|show|wait|cancel|export``: probes run by the service
 (``--url``/``$LRPROBE_URL``, ``--api-key``/``$LRPROBE_API_KEY``). Exit codes: see
-:mod:`cli.remote`."""
+:mod:`lrprobe.cli.remote`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli import options as opt
-from cli.errors import EXIT_USAGE, fail
-from cli.remote import (
+from lrprobe.cli import options as opt
+from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.remote import (
     ApiKey,
     Format,
     FormatOption,
@@ -26,10 +26,10 @@ from cli.remote import (
     print_job,
     print_table,
 )
-from cli.render import print_recommendation
+from lrprobe.cli.render import print_recommendation
 
 if TYPE_CHECKING:
-    from client import Job
+    from lrprobe.client import Job
 
 jobs_app = typer.Typer(help="Probe jobs on the lrprobe service.", no_args_is_help=True)
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from cli.errors import fail
-from cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
+from lrprobe.cli.errors import fail
+from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
 
 if TYPE_CHECKING:
-    from client.schemas import ApiKeyCreated, ApiKeyOut
+    from lrprobe.client.schemas import ApiKeyCreated, ApiKeyOut
 
 keys_app = typer.Typer(
     help="Manage API keys: over the API with an admin key, else directly in the database."
@@ -23,9 +23,9 @@ keys_app = typer.Typer(
 
 @contextmanager
 def _sessions() -> Iterator[Any]:
-    from service import migrate
-    from service.db import make_engine, make_sessionmaker
-    from service.settings import Settings
+    from lrprobe.service import migrate
+    from lrprobe.service.db import make_engine, make_sessionmaker
+    from lrprobe.service.settings import Settings
 
     engine = make_engine(Settings().resolved_database_url)
     try:
@@ -49,8 +49,8 @@ def create(
         with connect(url, api_key) as lrp:
             created = lrp.create_key(name, admin=admin)
     else:
-        from client.schemas import ApiKeyCreate
-        from service.keys import create_key
+        from lrprobe.client.schemas import ApiKeyCreate
+        from lrprobe.service.keys import create_key
 
         with _sessions() as sessions:
             created = create_key(sessions, ApiKeyCreate(name=name, admin=admin))
@@ -74,8 +74,8 @@ def revoke(
         with connect(url, api_key) as lrp:
             key = lrp.revoke_key(key_id)
     else:
-        from service.errors import KeyNotFoundError
-        from service.keys import revoke_key
+        from lrprobe.service.errors import KeyNotFoundError
+        from lrprobe.service.keys import revoke_key
 
         with _sessions() as sessions:
             try:
@@ -101,7 +101,7 @@ def list_(
         with connect(url, api_key) as lrp:
             keys = lrp.list_keys()
     else:
-        from service.keys import list_keys
+        from lrprobe.service.keys import list_keys
 
         with _sessions() as sessions:
             keys = list_keys(sessions)

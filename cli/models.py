@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.errors import EXIT_USAGE, fail
-from cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
+from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
 
 if TYPE_CHECKING:
-    from client.schemas import DatasetOut, ModelOut
+    from lrprobe.client.schemas import DatasetOut, ModelOut
 
 models_app = typer.Typer(help="Checkpoints on the lrprobe service.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Datasets on the lrprobe service.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def upload_model_command(
     api_key: ApiKey = None,
 ) -> None:
     """Upload a checkpoint; prints its id for `lrprobe submit --model-id`."""
-    from cli.options import json_arg
+    from lrprobe.cli.options import json_arg
 
     try:
         config = json_arg(arch_config)

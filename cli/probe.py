@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli import options as opt
-from cli.errors import fail
+from lrprobe.cli import options as opt
+from lrprobe.cli.errors import fail
 
 
 def probe_command(
@@ -49,12 +49,12 @@ def probe_command(
     """Probe a checkpoint on your data and print one learning rate per layer."""
     from rich.console import Console
 
-    from cli.render import print_recommendation, probe_progress
-    from client import Recommendation
-    from worker.intake.data_policy import DataPolicy
-    from worker.intake.errors import IntakeError
-    from worker.newton import NumericalError, OptimizerSpec
-    from worker.pipeline import ProbeRequest, load_inputs, run_probe
+    from lrprobe.cli.render import print_recommendation, probe_progress
+    from lrprobe.client import Recommendation
+    from lrprobe.worker.intake.data_policy import DataPolicy
+    from lrprobe.worker.intake.errors import IntakeError
+    from lrprobe.worker.newton import NumericalError, OptimizerSpec
+    from lrprobe.worker.pipeline import ProbeRequest, load_inputs, run_probe
 
     try:
         uri, roots = _data_reference(data, data_root or [])

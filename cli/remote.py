@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.errors import EXIT_USAGE, fail
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from rich.table import Table
 
-    from client import Client, Job
-    from client.schemas import JobOut
+    from lrprobe.client import Client, Job
+    from lrprobe.client.schemas import JobOut
 
 EXIT_AUTH = 3
 EXIT_TIMEOUT = 4
@@ -48,7 +48,7 @@ FormatOption = Annotated[Format, typer.Option("--format", help="table or json.")
 @contextmanager
 def connect(url: str | None, api_key: str | None) -> Iterator[Client]:
     """A client whose errors end the command with one line and an exit code."""
-    from client import Client
+    from lrprobe.client import Client
 
     with api_errors(), Client(url, api_key) as lrp:
         yield lrp
@@ -56,7 +56,7 @@ def connect(url: str | None, api_key: str | None) -> Iterator[Client]:
 
 @contextmanager
 def api_errors() -> Iterator[None]:
-    from client import LrprobeError, Unauthorized, WaitTimeout
+    from lrprobe.client import LrprobeError, Unauthorized, WaitTimeout
 
     try:
         yield

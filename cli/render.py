@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from client import Recommendation
-    from worker.newton import ProbeProgress
+    from lrprobe.client import Recommendation
+    from lrprobe.worker.newton import ProbeProgress
 
 
 def recommendation_table(rec: Recommendation) -> Table:

@@ -15,9 +15,9 @@ def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def _ensure_admin(settings: object, *, announce: bool) -> None:
-    from service.db import make_engine, make_sessionmaker
-    from service.keys import ensure_admin_key
-    from service.settings import Settings
+    from lrprobe.service.db import make_engine, make_sessionmaker
+    from lrprobe.service.keys import ensure_admin_key
+    from lrprobe.service.settings import Settings
 
     assert isinstance(settings, Settings)
     engine = make_engine(settings.resolved_database_url)
@@ -35,8 +35,8 @@ def migrate_command(
     revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
 ) -> None:
     """Upgrade the database schema (and create the bootstrap admin key if configured)."""
-    from service import migrate
-    from service.settings import Settings
+    from lrprobe.service import migrate
+    from lrprobe.service.settings import Settings
 
     settings = Settings()
     if settings.database_url is None:
@@ -63,10 +63,10 @@ def serve_command(
     """Run lrprobe locally (API, worker and reaper; OpenAPI at /docs)."""
     import uvicorn
 
-    from service import migrate
-    from service.app import create_app
-    from service.embedded import start_background_services
-    from service.settings import Settings
+    from lrprobe.service import migrate
+    from lrprobe.service.app import create_app
+    from lrprobe.service.embedded import start_background_services
+    from lrprobe.service.settings import Settings
 
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def serve_command(
     _ensure_admin(settings, announce=True)
     background = start_background_services(settings) if worker else None
     if worker:  # embedded: a finished example job greets the first visit
-        from service.dashboard.example import ensure_example_job
+        from lrprobe.service.dashboard.example import ensure_example_job
 
         ensure_example_job(settings)
     typer.echo(f"Dashboard: http://{host}:{port}/ui/  (sign in with an API key)")

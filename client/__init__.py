@@ -6,12 +6,12 @@
 ...     rec = lrp.submit(model=model, data="builtin://digits", wait=True).recommendation()
 >>> optimizer = torch.optim.SGD(rec.param_groups(net))
 
-The wire contract lives in :mod:`client.schemas`.
+The wire contract lives in :mod:`lrprobe.client.schemas`.
 """
 
-from client._async_client import AsyncClient
-from client._client import Client
-from client._errors import (
+from lrprobe.client._async_client import AsyncClient
+from lrprobe.client._client import Client
+from lrprobe.client._errors import (
     ERROR_CLASSES,
     Conflict,
     ConnectionFailed,
@@ -24,9 +24,9 @@ from client._errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from client._jobs import AsyncJob, Job
-from client._recommendation import Group, Recommendation
-from client.schemas import ApiKeyCreated, ApiKeyOut, DatasetOut, JobOut, ModelOut
+from lrprobe.client._jobs import AsyncJob, Job
+from lrprobe.client._recommendation import Group, Recommendation
+from lrprobe.client.schemas import ApiKeyCreated, ApiKeyOut, DatasetOut, JobOut, ModelOut
 
 __all__ = [
     "ERROR_CLASSES",

@@ -18,8 +18,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from client._errors import ValidationFailed
-from client.schemas import (
+from lrprobe.client._errors import ValidationFailed
+from lrprobe.client.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
@@ -37,7 +37,7 @@ from client.schemas import (
     PartitionSpec,
     Problem,
 )
-from client.schemas import Recommendation as RecommendationData
+from lrprobe.client.schemas import Recommendation as RecommendationData
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

@@ -11,19 +11,19 @@ from typing import Any, TypeVar
 
 import httpx
 
-from client import _calls as calls
-from client._errors import error_from_response
-from client._http import DEFAULT_TIMEOUT, RetryPolicy, headers, resolve_api_key, resolve_url
-from client._jobs import Follower, Job
-from client._recommendation import Recommendation
-from client._sse import (
+from lrprobe.client import _calls as calls
+from lrprobe.client._errors import error_from_response
+from lrprobe.client._http import DEFAULT_TIMEOUT, RetryPolicy, headers, resolve_api_key, resolve_url
+from lrprobe.client._jobs import Follower, Job
+from lrprobe.client._recommendation import Recommendation
+from lrprobe.client._sse import (
     STREAM_READ_TIMEOUT,
     SSEParser,
     StreamUnavailable,
     stream_headers,
     unusable_stream,
 )
-from client.schemas import (
+from lrprobe.client.schemas import (
     ApiKeyCreated,
     ApiKeyOut,
     BudgetSpec,

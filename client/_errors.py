@@ -1,5 +1,5 @@
 """The SDK's exceptions: one class per family of problem ``code`` (see
-:data:`client.schemas.ERROR_CODES`), each carrying the problem body the service sent."""
+:data:`lrprobe.client.schemas.ERROR_CODES`), each carrying the problem body the service sent."""
 
 # ruff: noqa: N818 - the names are the families users catch (NotFound, Conflict, …)
 
@@ -10,7 +10,7 @@ import contextlib
 import httpx
 from pydantic import ValidationError
 
-from client.schemas import ERROR_CODES, JobOut, Problem
+from lrprobe.client.schemas import ERROR_CODES, JobOut, Problem
 
 
 class LrprobeError(Exception):

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import httpx
 
-from client._errors import ConnectionFailed
+from lrprobe.client._errors import ConnectionFailed
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = 30.0

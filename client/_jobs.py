@@ -6,14 +6,14 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from client._errors import Conflict, JobFailed, WaitTimeout
-from client._recommendation import Recommendation
-from client._sse import ServerSentEvent
-from client.schemas import JobEventList, JobOut, JobStatusName
+from lrprobe.client._errors import Conflict, JobFailed, WaitTimeout
+from lrprobe.client._recommendation import Recommendation
+from lrprobe.client._sse import ServerSentEvent
+from lrprobe.client.schemas import JobEventList, JobOut, JobStatusName
 
 if TYPE_CHECKING:
-    from client._async_client import AsyncClient
-    from client._client import Client
+    from lrprobe.client._async_client import AsyncClient
+    from lrprobe.client._client import Client
 
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from client.schemas import Recommendation as RecommendationData
+from lrprobe.client.schemas import Recommendation as RecommendationData
 
 Interval = tuple[float | None, float | None]
 
@@ -33,7 +33,7 @@ class Group:
 
 
 class Recommendation:
-    """Per-group learning rates of a succeeded job (``client.schemas.Recommendation`` on the
+    """Per-group learning rates of a succeeded job (``lrprobe.client.schemas.Recommendation`` on the
     wire, kept whole in :attr:`data`)."""
 
     def __init__(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client._errors import LrprobeError, ServerError
+from lrprobe.client._errors import LrprobeError, ServerError
 
 # The service sends a keep-alive every 15 s; a stream silent for longer is broken.
 STREAM_READ_TIMEOUT = 20.0

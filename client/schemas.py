@@ -282,7 +282,7 @@ class JobEventList(_Out):
     final: bool = Field(description="True when the job is final and no further events come.")
 
 
-# --- recommendation (mirror of worker.newton.ProbeResult.to_dict()) --------------------------
+# --- recommendation (mirror of lrprobe.worker.newton.ProbeResult.to_dict()) -----------------
 
 
 class Spread(BaseModel):

@@ -1,1 +1,2 @@
-"""Alembic migrations: one set for SQLite and PostgreSQL (run through ``service.migrate``)."""
+"""Alembic migrations: one set for SQLite and PostgreSQL (run through
+``lrprobe.service.migrate``)."""

@@ -1,13 +1,13 @@
 """Alembic environment: the URL comes from ``config.attributes["url"]`` (set by
-``service.migrate``), else from ``alembic.ini``'s ``sqlalchemy.url``, else from Settings."""
+``lrprobe.service.migrate``), else from ``alembic.ini``'s ``sqlalchemy.url``, else from Settings."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from service.db import make_engine
-from service.models import Base, UTCDateTime
-from service.settings import Settings
+from lrprobe.service.db import make_engine
+from lrprobe.service.models import Base, UTCDateTime
+from lrprobe.service.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

@@ -15,12 +15,12 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import migrate
-from service.artifacts import ArtifactStore
-from service.dashboard import router as dashboard_router
-from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
-from service.deps import Services
-from service.errors import (
+from lrprobe.service import migrate
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.dashboard import router as dashboard_router
+from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
+from lrprobe.service.deps import Services
+from lrprobe.service.errors import (
     PROBLEM_MEDIA_TYPE,
     BadRequestError,
     MethodNotAllowedError,
@@ -30,12 +30,12 @@ from service.errors import (
     UnprocessableError,
     problem_body,
 )
-from service.metrics import Metrics, MetricsMiddleware
-from service.queue import JobQueue
-from service.ratelimit import RateLimiter
-from service.request_limits import RequestLimitsMiddleware
-from service.routes import health, jobs, keys, uploads
-from service.settings import Settings
+from lrprobe.service.metrics import Metrics, MetricsMiddleware
+from lrprobe.service.queue import JobQueue
+from lrprobe.service.ratelimit import RateLimiter
+from lrprobe.service.request_limits import RequestLimitsMiddleware
+from lrprobe.service.routes import health, jobs, keys, uploads
+from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             upload_dir = (settings.data_dir / "tmp").resolve()
             upload_dir.mkdir(parents=True, exist_ok=True)
             if queue is None:
-                from service.queue import CeleryQueue
+                from lrprobe.service.queue import CeleryQueue
 
                 own_queue = CeleryQueue(settings)
             app.state.services = Services(

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from service.settings import Settings
+from lrprobe.service.settings import Settings
 
 
 class ArtifactStore:

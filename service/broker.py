@@ -2,8 +2,8 @@
 
 The broker carries only the job id; the job is a database row. Delivery is at least once:
 ``acks_late`` with ``reject_on_worker_lost`` gives a message back when its worker dies, the
-claim in ``service.lifecycle`` makes a second delivery a no-op, and the reaper re-sends what the
-broker loses. Both modes use this configuration; only the broker URL differs:
+claim in ``lrprobe.service.lifecycle`` makes a second delivery a no-op, and the reaper re-sends
+what the broker loses. Both modes use this configuration; only the broker URL differs:
 
 - production: Redis, with a visibility timeout above the longest probe (a message not acked by
   then is delivered again, and the conditional claim turns that into a no-op);
@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import Celery
 
-from service.settings import Settings
+from lrprobe.service.settings import Settings
 
 RUN_JOB = "lrprobe.run_job"
 REAP = "lrprobe.reap"

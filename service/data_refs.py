@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from service.errors import DatasetNotFoundError, UnprocessableError
-from service.settings import Settings
+from lrprobe.service.errors import DatasetNotFoundError, UnprocessableError
+from lrprobe.service.settings import Settings
 
 SCHEMES = ("builtin", "file", "https", "s3", "gs", "upload")
-# Kept equal to worker.intake.datasets_builtin.BUILTIN_DATASETS (a test compares them).
+# Kept equal to lrprobe.worker.intake.datasets_builtin.BUILTIN_DATASETS (a test compares them).
 BUILTIN_DATASETS = ("breast_cancer", "diabetes", "digits", "iris", "mnist1d", "wine")
 MAX_REFERENCE_LENGTH = 4096
 

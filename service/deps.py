@@ -12,13 +12,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.artifacts import ArtifactStore
-from service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
-from service.keys import Principal, authenticate
-from service.metrics import Metrics
-from service.queue import JobQueue
-from service.ratelimit import RateLimiter
-from service.settings import Settings
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
+from lrprobe.service.keys import Principal, authenticate
+from lrprobe.service.metrics import Metrics
+from lrprobe.service.queue import JobQueue
+from lrprobe.service.ratelimit import RateLimiter
+from lrprobe.service.settings import Settings
 
 
 @dataclass

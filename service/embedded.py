@@ -2,11 +2,11 @@
 
 Two child processes run the same code as production:
 
-- a Celery worker (``celery -A worker.celery_app worker --pool=solo``, concurrency 1) that
+- a Celery worker (``celery -A lrprobe.worker.celery_app worker --pool=solo``, concurrency 1) that
   consumes the broker in ``settings.resolved_broker_url`` (by default kombu's SQLAlchemy
   transport on ``DATA_DIR/broker.sqlite``: messages are rows in that file, so queued jobs
   survive a restart);
-- the reaper (``python -m worker.reaper``), which requeues the jobs of a dead worker and
+- the reaper (``python -m lrprobe.worker.reaper``), which requeues the jobs of a dead worker and
   re-sends jobs whose message was lost.
 
 A supervisor thread restarts either child if it exits while the services run (a probe that
@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.broker import DEFAULT_QUEUE
-from service.settings import Settings
+from lrprobe.service.broker import DEFAULT_QUEUE
+from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ def child_environment(
 
 def worker_command(queue: str = DEFAULT_QUEUE, loglevel: str = "INFO") -> list[str]:
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "lrprobe.worker.celery_app", "worker",
         "--pool=solo", "--concurrency=1", "-Q", queue, f"--loglevel={loglevel}",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
 
 
 def reaper_command(interval: float | None = None) -> list[str]:
-    command = [sys.executable, "-m", "worker.reaper"]
+    command = [sys.executable, "-m", "lrprobe.worker.reaper"]
     return command if interval is None else [*command, "--interval", str(interval)]
 
 

@@ -1,6 +1,6 @@
 """The service's errors: one class per stable code, rendered by one handler as RFC 9457
-``application/problem+json`` (see ``service.app``). Use cases raise these; routes never build
-responses for errors themselves."""
+``application/problem+json`` (see ``lrprobe.service.app``). Use cases raise these; routes never
+build responses for errors themselves."""
 
 from __future__ import annotations
 

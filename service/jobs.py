@@ -18,7 +18,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import (
+from lrprobe.client.schemas import (
     JobCreate,
     JobError,
     JobEvent,
@@ -27,10 +27,10 @@ from client.schemas import (
     JobPage,
     JobProgress,
 )
-from client.schemas import Recommendation as RecommendationOut
-from service import lifecycle
-from service.data_refs import check_data_ref
-from service.errors import (
+from lrprobe.client.schemas import Recommendation as RecommendationOut
+from lrprobe.service import lifecycle
+from lrprobe.service.data_refs import check_data_ref
+from lrprobe.service.errors import (
     IdempotencyConflictError,
     InvalidCursorError,
     JobFinishedError,
@@ -38,12 +38,19 @@ from service.errors import (
     JobNotFoundError,
     ModelNotFoundError,
 )
-from service.keys import Principal
-from service.lifecycle import FINAL, JobStatus
-from service.models import DatasetArtifact, Job, ModelArtifact, Recommendation, UTCDateTime, utcnow
-from service.models import JobEvent as JobEventRow
-from service.queue import JobQueue
-from service.settings import Settings
+from lrprobe.service.keys import Principal
+from lrprobe.service.lifecycle import FINAL, JobStatus
+from lrprobe.service.models import (
+    DatasetArtifact,
+    Job,
+    ModelArtifact,
+    Recommendation,
+    UTCDateTime,
+    utcnow,
+)
+from lrprobe.service.models import JobEvent as JobEventRow
+from lrprobe.service.queue import JobQueue
+from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
-from service.errors import KeyNotFoundError
-from service.lifecycle import new_id
-from service.models import ApiKey, utcnow
+from lrprobe.client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from lrprobe.service.errors import KeyNotFoundError
+from lrprobe.service.lifecycle import new_id
+from lrprobe.service.models import ApiKey, utcnow
 
 SECRET_PREFIX = "lrp_"
 _SHOWN_PREFIX = 12

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.models import Job, JobEvent, Recommendation, utcnow
+from lrprobe.service.models import Job, JobEvent, Recommendation, utcnow
 
 
 class JobStatus(StrEnum):

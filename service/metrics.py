@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.lifecycle import JobStatus
-from service.models import Job
+from lrprobe.service.lifecycle import JobStatus
+from lrprobe.service.models import Job
 
 
 class JobsCollector(Collector):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from service import broker
-from service.settings import Settings
+from lrprobe.service import broker
+from lrprobe.service.settings import Settings
 
 
 class JobQueue(Protocol):

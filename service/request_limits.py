@@ -1,9 +1,9 @@
 """Limits on request bodies that are not streamed uploads, checked before any route runs.
 
-Multipart uploads are streamed to disk and capped by ``service.upload_stream``; every other body
-is read whole by its route, so it is capped here (``MAX_BODY_BYTES``, from ``Content-Length`` or
-while it arrives) and, under ``/v1/``, must be JSON: a form or plain text gets a 415 that says
-what to send instead of a confusing validation error.
+Multipart uploads are streamed to disk and capped by ``lrprobe.service.upload_stream``; every
+other body is read whole by its route, so it is capped here (``MAX_BODY_BYTES``, from
+``Content-Length`` or while it arrives) and, under ``/v1/``, must be JSON: a form or plain text
+gets a 415 that says what to send instead of a confusing validation error.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import (
+from lrprobe.service.errors import (
     PROBLEM_MEDIA_TYPE,
     ServiceError,
     UnsupportedMediaTypeError,

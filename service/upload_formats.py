@@ -33,14 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
-from service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
+from lrprobe.service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
 
 ARCH_METADATA_KEY = "lrprobe.arch"
 CONFIG_METADATA_KEY = "lrprobe.arch_config"
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_ARCHIVE_MEMBERS = 10_000
 MAX_PICKLE_BYTES = 64 << 20
-# As the intake's archive checks (worker.intake.checkpoint_archives): weights barely compress.
+# As the intake's archive checks (lrprobe.worker.intake.checkpoint_archives): weights barely
+# compress.
 MAX_EXPANSION_RATIO = 50
 _RATIO_SLACK_BYTES = 1 << 20
 _SAFE_FORMATS = "a .safetensors state dict with an architecture name"

@@ -18,7 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
+from lrprobe.service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
 
 MAX_FIELD_BYTES = 1 << 20
 MAX_FIELDS = 16

@@ -8,14 +8,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import DatasetOut, ModelOut
-from service.artifacts import ArtifactStore
-from service.errors import DatasetNotFoundError, ModelNotFoundError, UnprocessableError
-from service.keys import Principal
-from service.lifecycle import new_id
-from service.models import DatasetArtifact, ModelArtifact, utcnow
-from service.upload_formats import inspect_checkpoint, inspect_dataset
-from service.upload_stream import ReceivedFile
+from lrprobe.client.schemas import DatasetOut, ModelOut
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.errors import DatasetNotFoundError, ModelNotFoundError, UnprocessableError
+from lrprobe.service.keys import Principal
+from lrprobe.service.lifecycle import new_id
+from lrprobe.service.models import DatasetArtifact, ModelArtifact, utcnow
+from lrprobe.service.upload_formats import inspect_checkpoint, inspect_dataset
+from lrprobe.service.upload_stream import ReceivedFile
 
 
 def parse_arch_config(raw: str | None) -> dict[str, Any] | None:

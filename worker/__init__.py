@@ -1,1 +1,2 @@
-"""The GPU side of lrprobe: the numeric core (`worker.newton`) and safe model/data intake."""
+"""The GPU side of lrprobe: the numeric core (`lrprobe.worker.newton`) and safe model/data
+intake."""

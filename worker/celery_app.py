@@ -1,4 +1,4 @@
-"""The Celery app that workers and beat load: ``celery -A worker.celery_app worker``.
+"""The Celery app that workers and beat load: ``celery -A lrprobe.worker.celery_app worker``.
 
 Settings come from the environment (``LRPROBE_*``); ``LRPROBE_QUEUE`` names the queue (default
 ``lrprobe``) when several deployments share one broker.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from service.broker import DEFAULT_QUEUE, make_celery
-from service.settings import Settings
-from worker.tasks import register
+from lrprobe.service.broker import DEFAULT_QUEUE, make_celery
+from lrprobe.service.settings import Settings
+from lrprobe.worker.tasks import register
 
 app = make_celery(Settings(), queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
 register(app)

@@ -1,6 +1,6 @@
 """The probe spec as the worker reads it from ``jobs.spec``.
 
-The API validated the spec with ``client.schemas.JobCreate`` before it stored it; the worker
+The API validated the spec with ``lrprobe.client.schemas.JobCreate`` before it stored it; the worker
 parses the stored JSON again (a row may come from an older API version), with that model when
 it exists and otherwise with the mirror below, which accepts the same fields with the same
 defaults.
@@ -63,7 +63,7 @@ class SpecError(ValueError):
 def parse_spec(data: dict[str, Any]) -> Any:
     """The validated spec; raises :class:`SpecError` with pydantic's message."""
     try:
-        from client.schemas import JobCreate as model  # noqa: N813
+        from lrprobe.client.schemas import JobCreate as model  # noqa: N813
     except ImportError:
         model = JobSpecMirror
     try:

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.intake.batching import ProbeBatches
-from worker.intake.checkpoints import LoadedModel, load_checkpoint
-from worker.intake.data_policy import DataPolicy
-from worker.intake.dataset import Dataset
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
-from worker.intake.losses import check_loss, get_loss
-from worker.newton import OptimizerSpec, PartitionRule, ProbeProgress, ProbeResult, probe
+from lrprobe.worker.intake.batching import ProbeBatches
+from lrprobe.worker.intake.checkpoints import LoadedModel, load_checkpoint
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.intake.losses import check_loss, get_loss
+from lrprobe.worker.newton import OptimizerSpec, PartitionRule, ProbeProgress, ProbeResult, probe
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The reaper: give the jobs of dead workers back to the queue, re-send what the broker lost.
 
-Both modes run it as its own small process, ``python -m worker.reaper`` (the ``reaper`` service
-of docker-compose; a child of ``lrprobe serve`` in embedded mode), so that reaping never waits
-for a worker to finish a probe, and keeps going when every worker is dead. The ``lrprobe.reap``
-task does one pass too, for deployments that prefer ``celery beat``. Running several reapers at
-once is safe: ``lifecycle.reap`` is conditional and a duplicate message is a no-op claim.
+Both modes run it as its own small process, ``python -m lrprobe.worker.reaper`` (the ``reaper``
+service of docker-compose; a child of ``lrprobe serve`` in embedded mode), so that reaping never
+waits for a worker to finish a probe, and keeps going when every worker is dead. The
+``lrprobe.reap`` task does one pass too, for deployments that prefer ``celery beat``. Running
+several reapers at once is safe: ``lifecycle.reap`` is conditional and a duplicate message is a
+no-op claim.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
-from service.broker import DEFAULT_QUEUE, REAP_INTERVAL_SECONDS, make_celery, send_job
-from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
-from service.models import Job
-from service.settings import Settings
+from lrprobe.service import lifecycle
+from lrprobe.service.broker import DEFAULT_QUEUE, REAP_INTERVAL_SECONDS, make_celery, send_job
+from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
+from lrprobe.service.models import Job
+from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def run_forever(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m worker.reaper", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lrprobe.worker.reaper", description=__doc__)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument("--interval", type=float, default=REAP_INTERVAL_SECONDS)
     parser.add_argument("--heartbeat", type=Path, help="file to touch after each pass")

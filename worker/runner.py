@@ -33,19 +33,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
-from service.artifacts import ArtifactStore
-from service.lifecycle import Beat, JobStatus, Progress
-from service.models import DatasetArtifact, Job, ModelArtifact
-from service.settings import Settings
-from worker.intake.checkpoints import load_checkpoint
-from worker.intake.data_policy import DataPolicy
-from worker.intake.dataset import Dataset
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
-from worker.jobspec import SpecError, parse_spec
-from worker.newton import METHOD_VERSION, NumericalError, OptimizerSpec, ProbeProgress
-from worker.pipeline import ProbeRequest, run_probe
+from lrprobe.service import lifecycle
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.lifecycle import Beat, JobStatus, Progress
+from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
+from lrprobe.service.settings import Settings
+from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.jobspec import SpecError, parse_spec
+from lrprobe.worker.newton import METHOD_VERSION, NumericalError, OptimizerSpec, ProbeProgress
+from lrprobe.worker.pipeline import ProbeRequest, run_probe
 
 log = logging.getLogger(__name__)
 

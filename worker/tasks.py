@@ -11,10 +11,10 @@ import functools
 from billiard.process import current_process
 from celery import Celery
 
-from service.broker import REAP, RUN_JOB
-from service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
-from service.settings import Settings
-from worker import devices, reaper, runner
+from lrprobe.service.broker import REAP, RUN_JOB
+from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
+from lrprobe.service.settings import Settings
+from lrprobe.worker import devices, reaper, runner
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.quality.tasks import Task, load
-from worker.newton import NumericalError, minibatches, probe
+from lrprobe.worker.newton import NumericalError, minibatches, probe
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adamw": 1e-3}
@@ -182,7 +182,7 @@ def run_probe(task: Task, job: Job, start: Any, kwargs: Mapping[str, Any]) -> tu
     started = time.perf_counter()
     opt: Any = optimizer if start[1] is not None else job.optimizer
     if opt == "adamw":
-        from worker.newton import OptimizerSpec
+        from lrprobe.worker.newton import OptimizerSpec
 
         opt = OptimizerSpec("adamw", weight_decay=_HYPER["adamw"]["weight_decay"])
     result = probe(model, task.loss, batches, optimizer=opt, seed=job.seed, **kwargs)

@@ -1,7 +1,7 @@
 """The benchmark's tasks: real data that ships offline and small plain-torch models.
 
 Every task is a (train, held-out) pair of tensors plus a model builder; batches come from
-:func:`worker.newton.minibatches`, so a probe and a training run see the same kind of batch.
+:func:`lrprobe.worker.newton.minibatches`, so a probe and a training run see the same kind of batch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_breast_cancer, load_digits  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
-from worker.newton import LossFn, losses
+from lrprobe.worker.newton import LossFn, losses
 
 TASKS = ("digits-mlp", "digits-cnn", "breast_cancer-mlp", "mnist1d-cnn", "gpt-lm")
 
@@ -82,7 +82,7 @@ def _digits() -> tuple[Tensor, Tensor]:
 
 def _mnist1d() -> tuple[Tensor, Tensor]:
     try:  # the intake's generator when it is there; its output is deterministic for a seed
-        from worker.intake.datasets_mnist1d import make_mnist1d
+        from lrprobe.worker.intake.datasets_mnist1d import make_mnist1d
 
         x, y = make_mnist1d(4000, seed=42)
         return torch.tensor(np.array(x)), torch.tensor(np.array(y))

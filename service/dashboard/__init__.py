@@ -1,5 +1,5 @@
 """The web dashboard: server-rendered pages over the API's use cases, at ``/ui``."""
 
-from service.dashboard.routes import router
+from lrprobe.service.dashboard.routes import router
 
 __all__ = ["router"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from client.schemas import GroupRecommendation, ScaleCheck
+from lrprobe.client.schemas import GroupRecommendation, ScaleCheck
 
 WIDTH = 1000  # full-width charts; half-width ones use HALF
 HALF = 540

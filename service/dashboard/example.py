@@ -19,15 +19,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from client.schemas import BudgetSpec, JobCreate
-from service import jobs, uploads
-from service.artifacts import ArtifactStore
-from service.db import make_engine, make_sessionmaker
-from service.keys import Principal
-from service.models import ApiKey, Job
-from service.queue import JobQueue
-from service.settings import Settings
-from service.upload_stream import ReceivedFile
+from lrprobe.client.schemas import BudgetSpec, JobCreate
+from lrprobe.service import jobs, uploads
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.keys import Principal
+from lrprobe.service.models import ApiKey, Job
+from lrprobe.service.queue import JobQueue
+from lrprobe.service.settings import Settings
+from lrprobe.service.upload_stream import ReceivedFile
 
 EXAMPLE_ARCH = {"sizes": [64, 32, 16, 10], "activation": "tanh"}
 EXAMPLE_LABEL = "Example: MLP 64-32-16-10 on digits"
@@ -99,7 +99,7 @@ def ensure_example_job(settings: Settings, queue: JobQueue | None = None) -> str
         )
         path.unlink(missing_ok=True)
         if queue is None:
-            from service.queue import CeleryQueue
+            from lrprobe.service.queue import CeleryQueue
 
             own_queue = queue = CeleryQueue(settings)
         request = JobCreate(

@@ -8,7 +8,7 @@ import io
 import json
 import math
 
-from client.schemas import JobOut, Recommendation
+from lrprobe.client.schemas import JobOut, Recommendation
 
 CSV_COLUMNS = (
     "group", "lr", "lr_low", "lr_high", "eta", "eta_low", "eta_high", "eta_median", "eta_iqr",

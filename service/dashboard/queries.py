@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import DatasetOut, ModelOut
-from service.keys import Principal
-from service.models import DatasetArtifact, Job, ModelArtifact
-from service.uploads import dataset_out, model_out
+from lrprobe.client.schemas import DatasetOut, ModelOut
+from lrprobe.service.keys import Principal
+from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
+from lrprobe.service.uploads import dataset_out, model_out
 
 MAX_IDS = 200
 

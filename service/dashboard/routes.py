@@ -21,11 +21,11 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from client.schemas import JobCreate, JobOut, Recommendation
-from service import jobs, keys, uploads
-from service.dashboard import charts, queries
-from service.dashboard.export import recommendation_csv, torch_snippet
-from service.dashboard.session import (
+from lrprobe.client.schemas import JobCreate, JobOut, Recommendation
+from lrprobe.service import jobs, keys, uploads
+from lrprobe.service.dashboard import charts, queries
+from lrprobe.service.dashboard.export import recommendation_csv, torch_snippet
+from lrprobe.service.dashboard.session import (
     PRESESSION_COOKIE,
     SESSION_COOKIE,
     SESSION_SECONDS,
@@ -38,11 +38,11 @@ from service.dashboard.session import (
     new_nonce,
     read_cookie,
 )
-from service.data_refs import BUILTIN_DATASETS
-from service.deps import Services, ServicesDep
-from service.errors import PayloadTooLargeError, RateLimitedError, ServiceError
-from service.lifecycle import FINAL, JobStatus
-from service.upload_stream import receive_upload
+from lrprobe.service.data_refs import BUILTIN_DATASETS
+from lrprobe.service.deps import Services, ServicesDep
+from lrprobe.service.errors import PayloadTooLargeError, RateLimitedError, ServiceError
+from lrprobe.service.lifecycle import FINAL, JobStatus
+from lrprobe.service.upload_stream import receive_upload
 
 HERE = Path(__file__).parent
 STATIC = {

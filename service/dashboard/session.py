@@ -25,9 +25,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.keys import Principal
-from service.models import ApiKey
-from service.settings import Settings
+from lrprobe.service.keys import Principal
+from lrprobe.service.models import ApiKey
+from lrprobe.service.settings import Settings
 
 SESSION_COOKIE = "lrprobe_session"
 PRESESSION_COOKIE = "lrprobe_signin"

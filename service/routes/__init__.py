@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.schemas import Problem
-from service.errors import PROBLEM_MEDIA_TYPE
+from lrprobe.client.schemas import Problem
+from lrprobe.service.errors import PROBLEM_MEDIA_TYPE
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

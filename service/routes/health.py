@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from client.schemas import Health, Ready
-from service import migrate
-from service.deps import Services, ServicesDep
+from lrprobe.client.schemas import Health, Ready
+from lrprobe.service import migrate
+from lrprobe.service.deps import Services, ServicesDep
 
 router = APIRouter(tags=["health"])
 

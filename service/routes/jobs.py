@@ -11,12 +11,19 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from client.schemas import JobCreate, JobEventList, JobOut, JobPage, JobStatusName, Recommendation
-from service import jobs
-from service.deps import CurrentKey, ServicesDep, SessionsDep
-from service.keys import Principal
-from service.lifecycle import JobStatus
-from service.routes import problems
+from lrprobe.client.schemas import (
+    JobCreate,
+    JobEventList,
+    JobOut,
+    JobPage,
+    JobStatusName,
+    Recommendation,
+)
+from lrprobe.service import jobs
+from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
+from lrprobe.service.keys import Principal
+from lrprobe.service.lifecycle import JobStatus
+from lrprobe.service.routes import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

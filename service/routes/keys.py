@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
-from service import keys
-from service.deps import AdminKey, SessionsDep
-from service.routes import problems
+from lrprobe.client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
+from lrprobe.service import keys
+from lrprobe.service.deps import AdminKey, SessionsDep
+from lrprobe.service.routes import problems
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from client.schemas import DatasetOut, ModelOut
-from service import uploads
-from service.deps import CurrentKey, ServicesDep, SessionsDep
-from service.errors import PayloadTooLargeError
-from service.routes import problems
-from service.upload_stream import receive_upload
+from lrprobe.client.schemas import DatasetOut, ModelOut
+from lrprobe.service import uploads
+from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
+from lrprobe.service.errors import PayloadTooLargeError
+from lrprobe.service.routes import problems
+from lrprobe.service.upload_stream import receive_upload
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 

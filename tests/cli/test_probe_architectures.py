@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from worker.intake.checkpoint_pt2 import pt2_available
+from lrprobe.cli.app import app
+from lrprobe.worker.intake.checkpoint_pt2 import pt2_available
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "checkpoints.py"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from worker.intake.architectures import get_architecture
-from worker.intake.checkpoints import save_checkpoint
+from lrprobe.cli.app import app
+from lrprobe.worker.intake.architectures import get_architecture
+from lrprobe.worker.intake.checkpoints import save_checkpoint
 
 runner = CliRunner()
 

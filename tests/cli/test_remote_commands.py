@@ -13,8 +13,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-import client
-from cli.app import app
+from lrprobe import client
+from lrprobe.cli.app import app
 from tests.client.app_support import finish
 from tests.client.fakes import FakeApi, job_body
 from tests.service.api_support import RunningApi, safetensors_mlp, start_api
@@ -24,7 +24,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service import migrate
+    from lrprobe.service import migrate
 
     path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
     migrate.upgrade(f"sqlite:///{path}")

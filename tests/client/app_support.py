@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service import lifecycle
-from service.lifecycle import Progress
+from lrprobe.service import lifecycle
+from lrprobe.service.lifecycle import Progress
 from tests.service.api_support import RunningApi, probe_result
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from client import Client
+from lrprobe.client import Client
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

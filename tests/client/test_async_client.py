@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import AsyncClient, AsyncJob, ConnectionFailed, NotFound
+from lrprobe.client import AsyncClient, AsyncJob, ConnectionFailed, NotFound
 from tests.client.fakes import (
     FakeApi,
     dataset_body,

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import (
+from lrprobe.client import (
     Client,
     ConnectionFailed,
     DatasetOut,

@@ -1,5 +1,6 @@
 """Every SDK method against the real app (``create_app`` on a migrated SQLite database, a
-recording queue instead of the broker); the worker is simulated with ``service.lifecycle``."""
+recording queue instead of the broker); the worker is simulated with
+``lrprobe.service.lifecycle``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import (
+from lrprobe.client import (
     AsyncClient,
     Client,
     Conflict,
@@ -22,14 +23,14 @@ from client import (
     Unauthorized,
     ValidationFailed,
 )
-from client._sse import StreamUnavailable
+from lrprobe.client._sse import StreamUnavailable
 from tests.client.app_support import finish
 from tests.service.api_support import RunningApi, safetensors_mlp, start_api
 
 
 @pytest.fixture(scope="module")
 def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service import migrate
+    from lrprobe.service import migrate
 
     path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
     migrate.upgrade(f"sqlite:///{path}")

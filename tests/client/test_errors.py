@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from client import (
+from lrprobe.client import (
     ERROR_CLASSES,
     Conflict,
     LrprobeError,
@@ -15,7 +15,7 @@ from client import (
     Unauthorized,
     ValidationFailed,
 )
-from client.schemas import ERROR_CODES
+from lrprobe.client.schemas import ERROR_CODES
 from tests.client.fakes import FakeApi, problem
 
 FAMILY_STATUS = {
@@ -67,6 +67,6 @@ def test_an_unknown_code_or_a_bare_error_falls_back_on_the_status(
 
 
 def _get(path: str):  # type: ignore[no-untyped-def]
-    from client._calls import Call
+    from lrprobe.client._calls import Call
 
     return Call("GET", path, lambda r: r, idempotent=True)

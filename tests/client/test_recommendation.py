@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from client import Recommendation
+from lrprobe.client import Recommendation
 from tests.client.fakes import group_body, recommendation_body
 
 

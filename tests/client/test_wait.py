@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from client import Conflict, JobFailed, NotFound, WaitTimeout
-from client._sse import ServerSentEvent, SSEParser
+from lrprobe.client import Conflict, JobFailed, NotFound, WaitTimeout
+from lrprobe.client._sse import ServerSentEvent, SSEParser
 from tests.client.fakes import FakeApi, job_body, problem, recommendation_body, sse
 
 EVENTS = "/v1/jobs/j1/events"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from client.schemas import ApiKeyCreate
-from service import keys, migrate
-from service.app import create_app
-from service.dashboard.example import example_checkpoint
-from service.db import make_engine, make_sessionmaker
-from service.settings import Settings
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.app import create_app
+from lrprobe.service.dashboard.example import example_checkpoint
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.settings import Settings
 
 CHROMIUM = os.environ.get("LRPROBE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -57,14 +57,14 @@ class RunnerQueue:
     """Runs each sent job with the real worker runner in a thread of this process."""
 
     def __init__(self, settings: Settings) -> None:
-        from worker.runner import WorkerContext
+        from lrprobe.worker.runner import WorkerContext
 
         self.engine = make_engine(settings.resolved_database_url)
         self.context = WorkerContext.create(settings, make_sessionmaker(self.engine))
         self.threads: list[threading.Thread] = []
 
     def send(self, job_id: str, time_limit_s: float | None) -> None:
-        from worker.runner import run_job
+        from lrprobe.worker.runner import run_job
 
         thread = threading.Thread(target=run_job, args=(self.context, job_id), daemon=True)
         self.threads.append(thread)

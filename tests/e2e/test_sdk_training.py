@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from client import Client
-from service import migrate
-from service.app import create_app
-from service.settings import Settings
+from lrprobe.client import Client
+from lrprobe.service import migrate
+from lrprobe.service.app import create_app
+from lrprobe.service.settings import Settings
+from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.runner import WorkerContext, run_job
 from tests.service.api_support import make_settings
-from worker.intake.architectures.mlp import MLP, MLPConfig
-from worker.intake.data_policy import DataPolicy
-from worker.intake.datasets import open_dataset
-from worker.runner import WorkerContext, run_job
 
 ARCH_CONFIG = {"sizes": [64, 32, 10], "activation": "tanh"}
 
@@ -54,8 +54,8 @@ class ThreadQueue:
 def service(tmp_path: Path) -> Iterator[Client]:
     from fastapi.testclient import TestClient
 
-    from client.schemas import ApiKeyCreate
-    from service.keys import create_key
+    from lrprobe.client.schemas import ApiKeyCreate
+    from lrprobe.service.keys import create_key
 
     database = tmp_path / "lrprobe.sqlite"
     migrate.upgrade(f"sqlite:///{database}")

@@ -2,10 +2,10 @@
 
 - production: PostgreSQL + Redis (a fresh database and a queue of this run's own);
 - embedded: a SQLite database + kombu's SQLAlchemy transport on a SQLite file, started the way
-  ``lrprobe serve`` starts it (``service.embedded``).
+  ``lrprobe serve`` starts it (``lrprobe.service.embedded``).
 
 A worker is a ``celery worker --pool=solo`` subprocess; the API's side is played by
-``service.broker.send_job`` after the row is committed, the reaper's by ``reap_once``.
+``lrprobe.service.broker.send_job`` after the row is committed, the reaper's by ``reap_once``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.broker import make_celery, send_job
-from service.embedded import start_background_services, worker_command
-from service.lifecycle import FINAL
-from service.models import Job, Recommendation, utcnow
-from service.settings import Settings
+from lrprobe.service.broker import make_celery, send_job
+from lrprobe.service.embedded import start_background_services, worker_command
+from lrprobe.service.lifecycle import FINAL
+from lrprobe.service.models import Job, Recommendation, utcnow
+from lrprobe.service.settings import Settings
+from lrprobe.worker.reaper import reap_once
 from tests.worker.jobs import (
     REDIS,
     create_postgres_database,
@@ -42,7 +43,6 @@ from tests.worker.jobs import (
     settings_for,
     store_checkpoint,
 )
-from worker.reaper import reap_once
 
 pytestmark = [
     pytest.mark.slow,

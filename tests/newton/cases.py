@@ -1,4 +1,5 @@
-"""Tiny float64 models, losses, batches and brute-force derivative references for `worker.newton`.
+"""Tiny float64 models, losses, batches and brute-force derivative references for
+`lrprobe.worker.newton`.
 
 The reference works on the restricted loss of spec §1.1,
 
@@ -470,7 +471,8 @@ class Problem:
 
 
 def make_problem(case: Case, groups: Sequence[Sequence[str]] | None = None) -> Problem:
-    """Model, probe batch and direction for `case`; groups from `worker.newton.partition`."""
+    """Model, probe batch and direction for `case`; groups from
+    `lrprobe.worker.newton.partition`."""
     model = build_model(case.model)
     loss_fn = LOSSES[case.loss]
     probe_batch = make_batch(case.model, case.loss, seed=1)
@@ -479,7 +481,7 @@ def make_problem(case: Case, groups: Sequence[Sequence[str]] | None = None) -> P
     else:
         direction = random_direction(model, seed=3)
     if groups is None:
-        from worker.newton import partition
+        from lrprobe.worker.newton import partition
 
         groups = [grp.param_names for grp in partition(model, rule=case.rule)]
     return Problem(model, loss_fn, probe_batch, direction, [tuple(g) for g in groups])

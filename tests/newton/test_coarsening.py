@@ -12,8 +12,8 @@ import functools
 import pytest
 import torch
 
+from lrprobe.worker.newton import Group, Summaries, partition, summaries
 from tests.newton.cases import DTYPE, Case, Reference, assert_scaled_close, make_problem, reference
-from worker.newton import Group, Summaries, partition, summaries
 
 MODELS = ["mlp_tanh", "cnn_bn", "cnn_in", "transformer", "unused_layer"]
 

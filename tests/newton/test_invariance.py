@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from lrprobe.worker.newton import Solution, Summaries, partition, solve, summaries
 from tests.newton.cases import (
     DTYPE,
     N_OUT,
@@ -28,7 +29,6 @@ from tests.newton.cases import (
     outputs_with,
     stepped_parameters,
 )
-from worker.newton import Solution, Summaries, partition, solve, summaries
 
 Rule = str | Mapping[str, str]
 

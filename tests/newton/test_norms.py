@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.newton import partition, summaries
-from worker.newton.norms import PrimitiveNorms
-from worker.newton.state import shifted
+from lrprobe.worker.newton import partition, summaries
+from lrprobe.worker.newton.norms import PrimitiveNorms
+from lrprobe.worker.newton.state import shifted
 
 
 class Channels(nn.Module):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from lrprobe.worker.newton import Group, partition
 from tests.newton.cases import TanhMLP, TransformerBlock, UnusedLayerMLP
-from worker.newton import Group, partition
 
 
 def names(groups: list[Group]) -> list[tuple[str, ...]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.newton import (
+from lrprobe.worker.newton import (
     NumericalError,
     OptimizerSpec,
     ProbeProgress,
@@ -21,7 +21,7 @@ from worker.newton import (
     partition,
     probe,
 )
-from worker.newton.directions import DirectionRule
+from lrprobe.worker.newton.directions import DirectionRule
 
 
 def _data(n: int = 256, features: int = 10, classes: int = 4, seed: int = 0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lrprobe.worker.newton import SolveStatus, partition, solve, summaries
 from tests.newton.cases import DTYPE, assert_scaled_close, gradient, stepped_parameters
-from worker.newton import SolveStatus, partition, solve, summaries
 
 N = 5
 BATCH = (torch.zeros(1, dtype=DTYPE), torch.zeros(1, dtype=DTYPE))  # ignored by the loss

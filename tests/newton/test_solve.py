@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from torch import Tensor
 
+from lrprobe.worker.newton import Solution, SolveStatus, Summaries, cubic_model, solve
 from tests.newton.cases import DTYPE, assert_scaled_close
-from worker.newton import Solution, SolveStatus, Summaries, cubic_model, solve
 
 CUBIC = SolveStatus("cubic")
 NEWTON = SolveStatus("newton")

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from lrprobe.worker.newton import Group, Summaries, losses, partition, summaries
 from tests.newton.cases import (
     CASES,
     DTYPE,
@@ -24,7 +25,6 @@ from tests.newton.cases import (
     reference,
     restricted_loss,
 )
-from worker.newton import Group, Summaries, losses, partition, summaries
 
 IDS = [c.id for c in CASES]
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from lrprobe.worker.newton import Summaries, partition, summaries
 from tests.newton.cases import (
     DTYPE,
     Case,
@@ -24,7 +25,6 @@ from tests.newton.cases import (
     reference,
     restricted_loss,
 )
-from worker.newton import Summaries, partition, summaries
 
 MODELS = ["mlp_tanh", "cnn_bn", "cnn_in", "transformer"]
 ALPHAS = [0.1 / 2**k for k in range(4)]

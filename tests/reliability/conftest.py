@@ -17,14 +17,14 @@ from celery import Celery
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import ApiKeyCreate
-from service import keys, migrate
-from service.broker import make_celery
-from service.db import make_engine, make_sessionmaker
-from service.embedded import child_environment
-from service.lifecycle import FINAL
-from service.models import Job, Recommendation
-from service.settings import Settings
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.broker import make_celery
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.embedded import child_environment
+from lrprobe.service.lifecycle import FINAL
+from lrprobe.service.models import Job, Recommendation
+from lrprobe.service.settings import Settings
 from tests.reliability.servers import (
     PrivatePostgres,
     PrivateRedis,

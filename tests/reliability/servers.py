@@ -168,17 +168,18 @@ class Processes:
         self, queue: str, prefix: tuple[str, ...] = (), **env: str
     ) -> subprocess.Popen[bytes]:
         """A Celery worker on ``queue``; ``prefix``: a command that runs it (e.g. prlimit)."""
-        from service.embedded import worker_command
+        from lrprobe.service.embedded import worker_command
 
         return self.spawn("worker", [*prefix, *worker_command(queue)], **env)
 
     def reaper(self, interval: float) -> subprocess.Popen[bytes]:
-        return self.spawn("reaper", [sys.executable, "-m", "worker.reaper", "--interval",
+        return self.spawn("reaper", [sys.executable, "-m", "lrprobe.worker.reaper", "--interval",
                                      str(interval)])  # fmt: skip
 
     def api(self, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
         return self.spawn("api", [sys.executable, "-m", "uvicorn", "--factory",
-                                  "service.asgi:app_from_environment", "--host", "127.0.0.1",
+                                  "lrprobe.service.asgi:app_from_environment",
+                                  "--host", "127.0.0.1",
                                   "--port", str(port), "--workers", str(workers),
                                   "--log-level", "warning"])  # fmt: skip
 

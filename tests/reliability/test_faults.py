@@ -19,14 +19,14 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from service.artifacts import ArtifactStore
-from service.broker import send_job
-from service.models import JobEvent
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.broker import send_job
+from lrprobe.service.models import JobEvent
+from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints import save_checkpoint
 from tests.reliability.conftest import LEASE, REAP_INTERVAL, Stack
 from tests.reliability.servers import wait_until
 from tests.worker.jobs import IRIS_MLP, make_job
-from worker.intake.architectures.mlp import MLP, MLPConfig
-from worker.intake.checkpoints import save_checkpoint
 
 pytestmark = [
     pytest.mark.slow,

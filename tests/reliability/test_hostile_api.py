@@ -18,8 +18,8 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
-from service import migrate
-from service.models import DatasetArtifact, Job, ModelArtifact
+from lrprobe.service import migrate
+from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
 from tests.service.api_support import RunningApi, start_api
 from tests.worker.test_checkpoints import HOSTILE
 

@@ -16,12 +16,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from client.schemas import ApiKeyCreate
-from service import keys, migrate
-from service.app import create_app
-from service.db import make_engine, make_sessionmaker
-from service.embedded import child_environment
-from service.settings import Settings
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.app import create_app
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.embedded import child_environment
+from lrprobe.service.settings import Settings
 from tests.reliability.servers import Processes, free_port, wait_until
 from tests.service.api_support import safetensors_mlp
 

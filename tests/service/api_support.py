@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 from sqlalchemy.orm import Session, sessionmaker
 
-from client.schemas import ApiKeyCreate
-from service import keys
-from service.app import create_app
-from service.settings import Settings
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys
+from lrprobe.service.app import create_app
+from lrprobe.service.settings import Settings
 
 MLP_CONFIG = {"in_features": 4, "hidden": [8], "out_features": 3}
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import make_engine, make_sessionmaker
-from service.models import Base
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.models import Base
 
 POSTGRES_ADMIN = os.environ.get(
     "LRPROBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -59,7 +59,7 @@ def sessions(
 
 @pytest.fixture(scope="module")
 def migrated_postgres(postgres_url: str) -> str:
-    from service import migrate
+    from lrprobe.service import migrate
 
     migrate.upgrade(postgres_url)
     return postgres_url
@@ -67,7 +67,7 @@ def migrated_postgres(postgres_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service import migrate
+    from lrprobe.service import migrate
 
     path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
     migrate.upgrade(f"sqlite:///{path}")

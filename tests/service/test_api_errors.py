@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from client.schemas import ERROR_CODES, Problem
-from service import migrate
-from service.app import create_app
-from service.db import make_engine, make_sessionmaker
+from lrprobe.client.schemas import ERROR_CODES, Problem
+from lrprobe.service import migrate
+from lrprobe.service.app import create_app
+from lrprobe.service.db import make_engine, make_sessionmaker
 from tests.service.api_support import RunningApi, make_settings, start_api
 
 
@@ -108,7 +108,7 @@ def test_the_api_refuses_to_start_off_head_and_readyz_reports_drift(tmp_path: Pa
 
 
 def test_builtin_dataset_names_match_the_worker() -> None:
-    datasets = pytest.importorskip("worker.intake.datasets_builtin")
-    from service.data_refs import BUILTIN_DATASETS
+    datasets = pytest.importorskip("lrprobe.worker.intake.datasets_builtin")
+    from lrprobe.service.data_refs import BUILTIN_DATASETS
 
     assert tuple(BUILTIN_DATASETS) == tuple(datasets.BUILTIN_DATASETS)

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from service import lifecycle
-from service.keys import authenticate
-from service.models import Job, utcnow
+from lrprobe.service import lifecycle
+from lrprobe.service.keys import authenticate
+from lrprobe.service.models import Job, utcnow
 from tests.service.api_support import RunningApi, probe_result
 
 

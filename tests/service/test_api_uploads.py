@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
-from service.keys import authenticate
-from service.models import DatasetArtifact, ModelArtifact
-from service.upload_formats import _pickle_globals
+from lrprobe.service.keys import authenticate
+from lrprobe.service.models import DatasetArtifact, ModelArtifact
+from lrprobe.service.upload_formats import _pickle_globals
 from tests.service.api_support import MLP_CONFIG, RunningApi, safetensors_mlp, zip_archive
 
 

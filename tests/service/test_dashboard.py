@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from service import lifecycle
-from service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
-from service.dashboard.session import SESSION_COOKIE
-from service.models import ApiKey, Job, utcnow
+from lrprobe.service import lifecycle
+from lrprobe.service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
+from lrprobe.service.dashboard.session import SESSION_COOKIE
+from lrprobe.service.models import ApiKey, Job, utcnow
 from tests.service.api_support import RunningApi, probe_result
 
 pytestmark = pytest.mark.filterwarnings("error")

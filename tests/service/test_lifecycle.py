@@ -7,9 +7,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
-from service.lifecycle import Beat, JobStatus, Progress
-from service.models import ApiKey, Job, JobEvent, ModelArtifact, Recommendation, utcnow
+from lrprobe.service import lifecycle
+from lrprobe.service.lifecycle import Beat, JobStatus, Progress
+from lrprobe.service.models import ApiKey, Job, JobEvent, ModelArtifact, Recommendation, utcnow
 
 
 def make_job(sessions: sessionmaker[Session], **overrides: object) -> str:

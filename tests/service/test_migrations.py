@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from service import migrate
-from service.db import make_engine
-from service.models import Base
+from lrprobe.service import migrate
+from lrprobe.service.db import make_engine
+from lrprobe.service.models import Base
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,7 +2,7 @@
 
 Rows are created directly with the ORM (as the API would after validating a request); the
 checkpoint is written through the intake's ``save_checkpoint`` into the content-addressed
-artifact store (``service.artifacts``).
+artifact store (``lrprobe.service.artifacts``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import psycopg
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
-from service.artifacts import ArtifactStore
-from service.db import make_engine, make_sessionmaker
-from service.models import ApiKey, Base, Job, ModelArtifact
-from service.settings import Settings
-from worker.intake.architectures.mlp import MLP, MLPConfig
-from worker.intake.checkpoints import save_checkpoint
+from lrprobe.service import lifecycle
+from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.db import make_engine, make_sessionmaker
+from lrprobe.service.models import ApiKey, Base, Job, ModelArtifact
+from lrprobe.service.settings import Settings
+from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints import save_checkpoint
 
 POSTGRES_ADMIN = os.environ.get(
     "LRPROBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

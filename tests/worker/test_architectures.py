@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from worker.intake.architectures import (
+from lrprobe.worker.intake.architectures import (
     ENTRY_POINT_GROUP,
     GPT,
     ArchitectureSpec,
@@ -22,8 +22,8 @@ from worker.intake.architectures import (
     list_architectures,
     refresh_architectures,
 )
-from worker.intake.checkpoints import load_checkpoint, save_checkpoint
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.checkpoints import load_checkpoint, save_checkpoint
+from lrprobe.worker.intake.errors import IntakeError
 
 # name, config, a matching input batch
 CASES: list[tuple[str, dict[str, Any], torch.Tensor]] = [

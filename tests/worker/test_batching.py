@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.intake.batching import ProbeBatches, derive_seed, holdout_split
-from worker.intake.dataset import Dataset, build_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.batching import ProbeBatches, derive_seed, holdout_split
+from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 
 def make_dataset(count: int = 103) -> Dataset:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worker.intake.checkpoints import load_checkpoint
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.errors import IntakeError
 
 transformers = pytest.importorskip("transformers")
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.intake.checkpoint_pt2 import pt2_available
-from worker.intake.checkpoints import load_checkpoint
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.checkpoint_pt2 import pt2_available
+from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.errors import IntakeError
 
 pytestmark = pytest.mark.skipif(not pt2_available(), reason="pt2 intake audited for torch 2.13")
 

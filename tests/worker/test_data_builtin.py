@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from worker.intake.data_policy import DataPolicy
-from worker.intake.datasets import open_dataset
-from worker.intake.datasets_builtin import BUILTIN_DATASETS
-from worker.intake.datasets_mnist1d import make_mnist1d, templates
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.datasets_builtin import BUILTIN_DATASETS
+from lrprobe.worker.intake.datasets_mnist1d import make_mnist1d, templates
+from lrprobe.worker.intake.errors import IntakeError
 
 POLICY = DataPolicy()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.intake.data_policy import DataPolicy
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 
 @pytest.fixture

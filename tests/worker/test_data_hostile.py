@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from worker.intake.data_policy import DataPolicy, check_local_path
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_policy import DataPolicy, check_local_path
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 
 class Payload:

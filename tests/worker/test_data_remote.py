@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.intake import remote_data
-from worker.intake.data_policy import DataPolicy, address_refusal
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake import remote_data
+from lrprobe.worker.intake.data_policy import DataPolicy, address_refusal
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 # --- network guards --------------------------------------------------------------------------
 

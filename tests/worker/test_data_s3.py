@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.intake.data_policy import DataPolicy
-from worker.intake.datasets import open_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_policy import DataPolicy
+from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from worker.intake.dataset import Dataset, build_dataset
-from worker.intake.errors import IntakeError
-from worker.intake.losses import LOSSES, check_loss, get_loss, model_logits
+from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.intake.losses import LOSSES, check_loss, get_loss, model_logits
 
 
 def classification(classes: int = 3, count: int = 8) -> Dataset:

@@ -17,10 +17,13 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import lifecycle
-from service.lifecycle import JobStatus
-from service.models import JobEvent, Recommendation
-from service.settings import Settings
+from lrprobe.service import lifecycle
+from lrprobe.service.lifecycle import JobStatus
+from lrprobe.service.models import JobEvent, Recommendation
+from lrprobe.service.settings import Settings
+from lrprobe.worker import pipeline
+from lrprobe.worker.newton import METHOD_VERSION, NumericalError
+from lrprobe.worker.runner import WorkerContext, run_job
 from tests.worker.jobs import (
     create_postgres_database,
     database,
@@ -30,9 +33,6 @@ from tests.worker.jobs import (
     settings_for,
     store_checkpoint,
 )
-from worker import pipeline
-from worker.newton import METHOD_VERSION, NumericalError
-from worker.runner import WorkerContext, run_job
 
 SLOW = {"batches": 256}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from service.broker import RUN_JOB, make_celery, send_job
+from lrprobe.service.broker import RUN_JOB, make_celery, send_job
+from lrprobe.worker import tasks
 from tests.worker.jobs import settings_for
-from worker import tasks
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
-from worker.intake.dataset import Dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 MAX_MEMBERS = 10_000
 """More members than any model folder has; stops archives built to exhaust the file system."""

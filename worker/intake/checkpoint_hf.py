@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"

@@ -81,8 +81,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from worker.intake.checkpoint_archives import list_zip_members
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.checkpoint_archives import list_zip_members
+from lrprobe.worker.intake.errors import IntakeError
 
 AUDITED_TORCH = "2.13"
 """The torch minor version whose ``torch.export.load`` these checks were verified against."""

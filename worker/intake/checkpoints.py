@@ -7,7 +7,7 @@ The format is read from the content (magic bytes, zip member names), never from 
   and required to be a flat ``{str: Tensor}``; module from the registry.
 - ``hf``: folder, zip or tar with ``config.json`` + safetensors; module from ``transformers``.
 - ``pt2``: ``torch.export`` archive, only when enabled and after the pre-scan of
-  :mod:`worker.intake.checkpoint_pt2`; module is the exported graph.
+  :mod:`lrprobe.worker.intake.checkpoint_pt2`; module is the exported graph.
 
 Registry and ``transformers`` modules are first built on the meta device and checked against
 the weights (names, shapes, total size), so a config that asks for a huge model is refused
@@ -43,17 +43,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from worker.intake.architectures import ArchitectureSpec, get_architecture
-from worker.intake.checkpoint_archives import extract_members, list_zip_members
-from worker.intake.checkpoint_hf import (
+from lrprobe.worker.intake.architectures import ArchitectureSpec, get_architecture
+from lrprobe.worker.intake.checkpoint_archives import extract_members, list_zip_members
+from lrprobe.worker.intake.checkpoint_hf import (
     CONFIG_NAME,
     find_model_folder,
     load_hf_folder,
     select_members,
 )
-from worker.intake.checkpoint_pt2 import load_pt2
-from worker.intake.errors import IntakeError
-from worker.newton import Group, partition
+from lrprobe.worker.intake.checkpoint_pt2 import load_pt2
+from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.newton import Group, partition
 
 CheckpointFormat = Literal["safetensors", "torch_state_dict", "hf", "pt2"]
 
@@ -76,7 +76,8 @@ class LoadedModel:
     ``model`` is in its default train mode with ``requires_grad=True`` on floating parameters.
     ``arch``/``config`` are the registry entry and validated config (``None``/``{}`` for
     ``pt2``; for ``hf`` ``arch`` is ``None`` and ``config`` is ``config.json``).
-    ``partition`` is the default per-layer partition ``worker.newton.partition(model, "layer")``.
+    ``partition`` is the default per-layer partition
+    ``lrprobe.worker.newton.partition(model, "layer")``.
     """
 
     model: nn.Module
@@ -108,7 +109,7 @@ def load_checkpoint(
         max_bytes: size cap for the file, the folder's weights, or an archive's contents
             (default :data:`DEFAULT_MAX_BYTES`).
         allow_pt2: accept ``torch.export`` archives (off by default: see
-            :mod:`worker.intake.checkpoint_pt2` for the residual risk).
+            :mod:`lrprobe.worker.intake.checkpoint_pt2` for the residual risk).
 
     Raises:
         IntakeError: with a stable code and a sentence saying what to send instead.

@@ -39,9 +39,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from worker.intake.data_options import DataOptions
-from worker.intake.dataset import Dataset, DatasetKind, build_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_options import DataOptions
+from lrprobe.worker.intake.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 FORMAT_BY_SUFFIX = {
     ".npz": "npz",

@@ -20,9 +20,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from worker.intake.data_formats import ReadRequest
-from worker.intake.dataset import Dataset, build_dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_formats import ReadRequest
+from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_SIZE = 32

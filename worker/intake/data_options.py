@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 
 def parse_options(*texts: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

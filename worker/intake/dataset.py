@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 DatasetKind = Literal["classification", "regression", "tokens"]
 

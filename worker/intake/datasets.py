@@ -27,20 +27,20 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from worker.intake.data_formats import ReadRequest, format_for, read_data_file
-from worker.intake.data_images import read_image_folder
-from worker.intake.data_options import DataOptions, parse_options
-from worker.intake.data_policy import (
+from lrprobe.worker.intake.data_formats import ReadRequest, format_for, read_data_file
+from lrprobe.worker.intake.data_images import read_image_folder
+from lrprobe.worker.intake.data_options import DataOptions, parse_options
+from lrprobe.worker.intake.data_policy import (
     DataPolicy,
     Resolver,
     check_local_path,
     is_under_real_roots,
     system_resolve,
 )
-from worker.intake.dataset import MIN_EXAMPLES, Dataset
-from worker.intake.datasets_builtin import load_builtin
-from worker.intake.errors import IntakeError
-from worker.intake.remote_data import fetch_remote
+from lrprobe.worker.intake.dataset import MIN_EXAMPLES, Dataset
+from lrprobe.worker.intake.datasets_builtin import load_builtin
+from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.intake.remote_data import fetch_remote
 
 SCHEMES = ("builtin", "file", "https", "http", "s3", "gs")
 REMOTE_SCHEMES = ("https", "http", "s3", "gs")

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.intake.data_options import DataOptions
-from worker.intake.dataset import Dataset, DatasetKind, build_dataset
-from worker.intake.datasets_mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.data_options import DataOptions
+from lrprobe.worker.intake.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.datasets_mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
+from lrprobe.worker.intake.errors import IntakeError
 
 MAX_MNIST1D_SAMPLES = 100_000
 

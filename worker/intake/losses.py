@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from worker.intake.dataset import Dataset
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.errors import IntakeError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

@@ -31,14 +31,14 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
-from worker.intake.data_policy import (
+from lrprobe.worker.intake.data_policy import (
     DataPolicy,
     Resolver,
     host_allowed,
     pin_address,
     system_resolve,
 )
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 20

@@ -2,18 +2,18 @@
 
 Pure torch; imports nothing else of lrprobe, so it can be used as a library::
 
-    from worker.newton import probe, losses, minibatches
+    from lrprobe.worker.newton import probe, losses, minibatches
     result = probe(model, losses.cross_entropy, minibatches(x, y, batch_size=128))
     print(result)
     optimizer = torch.optim.SGD(result.param_groups(model))
 """
 
-from worker.newton import losses
-from worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
-from worker.newton.errors import NumericalError
-from worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
-from worker.newton.probe import ProbeProgress, probe
-from worker.newton.result import (
+from lrprobe.worker.newton import losses
+from lrprobe.worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
+from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
+from lrprobe.worker.newton.probe import ProbeProgress, probe
+from lrprobe.worker.newton.result import (
     METHOD_VERSION,
     Cost,
     GroupResult,
@@ -21,9 +21,9 @@ from worker.newton.result import (
     ScaleCheck,
     Spread,
 )
-from worker.newton.sampling import minibatches
-from worker.newton.solve import Solution, SolveStatus, cubic_model, solve
-from worker.newton.summaries import LossFn, Summaries, summaries
+from lrprobe.worker.newton.sampling import minibatches
+from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
+from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 
 __all__ = [
     "METHOD_VERSION",

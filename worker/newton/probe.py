@@ -13,14 +13,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
-from worker.newton.errors import NumericalError
-from worker.newton.partition import Group, PartitionRule, partition
-from worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
-from worker.newton.solve import Solution, SolveStatus, cubic_model, solve
-from worker.newton.state import preserved, shifted
-from worker.newton.summaries import LossFn, Summaries, check_loss, summaries
-from worker.newton.trajectory import Trajectory, calibration_losses, run_trajectory
+from lrprobe.worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
+from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.partition import Group, PartitionRule, partition
+from lrprobe.worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
+from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
+from lrprobe.worker.newton.state import preserved, shifted
+from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
+from lrprobe.worker.newton.trajectory import Trajectory, calibration_losses, run_trajectory
 
 Method = Literal["trajectory", "fixed"]
 
@@ -66,8 +66,8 @@ def probe(
 ) -> ProbeResult:
     """Recommend one learning rate per parameter group for the optimizer the user trains with.
 
-    ``method="trajectory"`` (the default; why: :mod:`worker.newton.trajectory`): on a copy of
-    the model, ``steps`` steps of the user's own optimizer with per-group rates
+    ``method="trajectory"`` (the default; why: :mod:`lrprobe.worker.newton.trajectory`): on a
+    copy of the model, ``steps`` steps of the user's own optimizer with per-group rates
     ``trajectory_scale · η̄``, where η is re-solved every ``period`` steps on an independent
     batch (Newton with a Levenberg fallback by default), clipped to
     ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
@@ -560,7 +560,7 @@ def _trajectory_probe(
     device: torch.device,
     started: float,
 ) -> ProbeResult:
-    """The default method: see :mod:`worker.newton.trajectory` for why."""
+    """The default method: see :mod:`lrprobe.worker.newton.trajectory` for why."""
     if steps < 2 or period < 1 or not 0 <= smoothing < 1 or scale <= 0:
         raise ValueError("need steps ≥ 2, period ≥ 1, 0 ≤ smoothing < 1 and trajectory_scale > 0")
     if calibrate and (calibration_steps < 1 or min(calibrate) <= 0):

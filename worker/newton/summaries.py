@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from worker.newton.errors import NumericalError
-from worker.newton.norms import PrimitiveNorms
-from worker.newton.partition import Group
-from worker.newton.state import preserved
+from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.norms import PrimitiveNorms
+from lrprobe.worker.newton.partition import Group
+from lrprobe.worker.newton.state import preserved
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -64,7 +64,8 @@ def summaries(
     the part of the graph that reaches those parameters, so rows get cheaper down the list) and,
     for ``d3``, one more reverse pass of ``H̄_ii`` w.r.t. group ``i``. Plain reverse mode only:
     vmapped ``torch.func`` transforms are wrong through ``layer_norm`` in torch 2.13; and with
-    third derivatives, normalisation layers run as primitive ops (see :mod:`worker.newton.norms`).
+    third derivatives, normalisation layers run as primitive ops (see
+    :mod:`lrprobe.worker.newton.norms`).
 
     Args:
         model: the model at the checkpoint ``θ``; it is not modified (parameters, buffers, RNG,

@@ -47,11 +47,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from worker.newton.directions import OptimizerSpec, ParamState
-from worker.newton.errors import NumericalError
-from worker.newton.partition import Group
-from worker.newton.solve import solve
-from worker.newton.summaries import LossFn, Summaries, check_loss, summaries
+from lrprobe.worker.newton.directions import OptimizerSpec, ParamState
+from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.partition import Group
+from lrprobe.worker.newton.solve import solve
+from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
 
 
 @dataclass(frozen=True)

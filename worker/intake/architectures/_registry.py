@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from worker.intake.errors import IntakeError
+from lrprobe.worker.intake.errors import IntakeError
 
 ENTRY_POINT_GROUP = "lrprobe.architectures"
 """Deployments add architectures by exposing an `ArchitectureSpec` object under this group."""
@@ -80,10 +80,10 @@ def _describe_errors(exc: ValidationError, limit: int = 3) -> str:
 
 
 def _builtin_specs() -> dict[str, ArchitectureSpec[Any]]:
-    from worker.intake.architectures.cnn import CNN_SPEC
-    from worker.intake.architectures.gpt import GPT_SPEC
-    from worker.intake.architectures.mlp import MLP_SPEC
-    from worker.intake.architectures.resnet import RESNET_SPEC
+    from lrprobe.worker.intake.architectures.cnn import CNN_SPEC
+    from lrprobe.worker.intake.architectures.gpt import GPT_SPEC
+    from lrprobe.worker.intake.architectures.mlp import MLP_SPEC
+    from lrprobe.worker.intake.architectures.resnet import RESNET_SPEC
 
     return {spec.name: spec for spec in (MLP_SPEC, CNN_SPEC, RESNET_SPEC, GPT_SPEC)}
 

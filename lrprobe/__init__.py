@@ -1,0 +1,49 @@
+"""lrprobe: per-layer learning rates for PyTorch models from one short grouped-Newton probe.
+
+The top level is lazy, so ``import lrprobe`` stays light and never imports torch by itself:
+
+- ``lrprobe.Client`` and ``lrprobe.AsyncClient``: the SDK (pydantic + httpx only);
+- ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch);
+- ``lrprobe.__version__``: the installed distribution's version.
+
+Subpackages: ``lrprobe.client`` (SDK), ``lrprobe.worker`` (numeric core ``lrprobe.worker.newton``
+and safe intake ``lrprobe.worker.intake``), ``lrprobe.service`` (API and dashboard),
+``lrprobe.cli`` and ``lrprobe.migrations``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("lrprobe")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Public name -> module that defines it; imported on first access only.
+_LAZY = {
+    "Client": "lrprobe.client",
+    "AsyncClient": "lrprobe.client",
+    "probe": "lrprobe.worker.newton",
+}
+
+__all__ = ["AsyncClient", "Client", "__version__", "probe"]
+
+if TYPE_CHECKING:
+    from lrprobe.client import AsyncClient, Client
+    from lrprobe.worker.newton import probe
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lrprobe' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
