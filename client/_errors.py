@@ -104,6 +104,8 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
         "validation_error",
         "invalid_cursor",
         "unsupported_media_type",
+        "request_too_large",
+        "request_timeout",
         "method_not_allowed",
         "checkpoint_too_large",
         "dataset_too_large",

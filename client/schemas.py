@@ -10,7 +10,17 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 ERROR_CODES: tuple[str, ...] = (
     # request and protocol
@@ -18,6 +28,8 @@ ERROR_CODES: tuple[str, ...] = (
     "validation_error",
     "invalid_cursor",
     "unsupported_media_type",
+    "request_too_large",
+    "request_timeout",
     "not_found",
     "method_not_allowed",
     "unauthorized",
@@ -61,7 +73,26 @@ OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
 PartitionRuleName = Literal["layer", "tensor", "single"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
-_STRICT = ConfigDict(extra="forbid")
+# Requests: unknown fields are refused, and so are infinities and NaN (JSON has none, and the
+# service stores specs as standard JSON). Numbers and booleans are strict (StrictInt,
+# StrictBool, StrictFloat): "admin": "yes" or "batches": true is an error, never a coercion.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+def _printable_name(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain NUL bytes or other control characters")
+    return value
+
+
+NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+Name = Annotated[str, AfterValidator(_printable_name)]
 
 
 class _Out(BaseModel):
@@ -80,12 +111,14 @@ class OptimizerSpec(BaseModel):
     model_config = _STRICT
 
     name: OptimizerName = Field(description="sgd, momentum (SGD with momentum), adam or adamw.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum, in [0, 1).")
-    dampening: float = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
-    nesterov: bool = Field(False, description="Nesterov momentum (needs dampening 0).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
-    eps: float = Field(1e-8, gt=0.0, description="Adam epsilon, > 0.")
-    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay, ≥ 0.")
+    momentum: StrictFloat = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum, in [0, 1).")
+    dampening: StrictFloat = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
+    nesterov: StrictBool = Field(False, description="Nesterov momentum (needs dampening 0).")
+    betas: tuple[StrictFloat, StrictFloat] = Field(
+        (0.9, 0.999), description="Adam betas, each in [0, 1)."
+    )
+    eps: StrictFloat = Field(1e-8, gt=0.0, description="Adam epsilon, > 0.")
+    weight_decay: StrictFloat = Field(0.0, ge=0.0, description="Weight decay, ≥ 0.")
 
     @model_validator(mode="before")
     @classmethod
@@ -115,12 +148,12 @@ class PartitionSpec(BaseModel):
 
     model_config = _STRICT
 
-    rule: PartitionRuleName | dict[str, str] = Field(
+    rule: PartitionRuleName | dict[NoNulStr, Name] = Field(
         "layer",
         description="layer (one group per module owning parameters), tensor, single, or a "
         "mapping {regex: group_name}.",
     )
-    max_groups: int | None = Field(
+    max_groups: StrictInt | None = Field(
         None, ge=1, le=10_000, description="Merge groups beyond this count (None: no limit)."
     )
 
@@ -152,16 +185,16 @@ class BudgetSpec(BaseModel):
 
     model_config = _STRICT
 
-    batches: int = Field(
+    batches: StrictInt = Field(
         40,
         ge=1,
         le=256,
         description="The probe's budget (1-256): grouped-Newton trajectory steps of the default "
         "method (40 was benchmarked; fewer is faster and rougher).",
     )
-    batch_size: int = Field(128, ge=1, le=8192, description="Examples per batch (1-8192).")
-    heldout_batches: int = Field(4, ge=1, le=64, description="Held-out batches (1-64).")
-    time_limit_s: float | None = Field(
+    batch_size: StrictInt = Field(128, ge=1, le=8192, description="Examples per batch (1-8192).")
+    heldout_batches: StrictInt = Field(4, ge=1, le=64, description="Held-out batches (1-64).")
+    time_limit_s: StrictFloat | None = Field(
         None,
         ge=10.0,
         le=86_400.0,
@@ -172,10 +205,10 @@ class BudgetSpec(BaseModel):
 class JobCreate(BaseModel):
     """A probe request: which model, which data, and how the user will train."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
-    model_id: str = Field(min_length=1, max_length=64, description="An uploaded model's id.")
-    data: str = Field(
+    model_id: Name = Field(min_length=1, max_length=64, description="An uploaded model's id.")
+    data: NoNulStr = Field(
         min_length=1,
         max_length=4096,
         description="Data reference: builtin://NAME, file:///PATH (under a data root), "
@@ -191,12 +224,12 @@ class JobCreate(BaseModel):
         default_factory=PartitionSpec, description="Grouping of parameters (or a bare rule)."
     )
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
-    block_size: int | None = Field(
+    block_size: StrictInt | None = Field(
         None, ge=1, le=1_000_000, description="Context length for token-stream data."
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: StrictInt = Field(0, ge=0, le=2**63 - 1)
     device: DeviceName = "auto"
-    label: str | None = Field(None, max_length=200, description="A free-form name for the job.")
+    label: Name | None = Field(None, max_length=200, description="A free-form name for the job.")
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -371,8 +404,8 @@ class Recommendation(BaseModel):
 class ApiKeyCreate(BaseModel):
     model_config = _STRICT
 
-    name: str = Field(min_length=1, max_length=200, description="Who or what uses the key.")
-    admin: bool = Field(False, description="Admin keys manage keys.")
+    name: Name = Field(min_length=1, max_length=200, description="Who or what uses the key.")
+    admin: StrictBool = Field(False, description="Admin keys manage keys.")
 
 
 class ApiKeyOut(_Out):

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lrprobe.service import migrate
 from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.auth_throttle import FailedAuthThrottle
 from lrprobe.service.dashboard import router as dashboard_router
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.deps import Services
@@ -34,7 +35,8 @@ from lrprobe.service.metrics import Metrics, MetricsMiddleware
 from lrprobe.service.queue import JobQueue
 from lrprobe.service.ratelimit import RateLimiter
 from lrprobe.service.request_limits import RequestLimitsMiddleware
-from lrprobe.service.routes import health, jobs, keys, uploads
+from lrprobe.service.routes import docs, health, jobs, keys, uploads
+from lrprobe.service.security_headers import SecurityHeadersMiddleware
 from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 metrics=metrics,
                 schema_heads=heads,
                 upload_dir=upload_dir,
+                throttle=FailedAuthThrottle(settings.sign_in_failures_per_minute),
             )
             metrics.watch_jobs(sessions)
             yield
@@ -87,10 +90,14 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
         summary="Per-layer learning rates for PyTorch models from one short grouped-Newton probe.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by routes.docs from local assets, under a CSP
+        redoc_url=None,
     )
-    app.add_middleware(RequestLimitsMiddleware)
+    app.add_middleware(RequestLimitsMiddleware, idle_timeout_s=settings.upload_idle_timeout_seconds)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for router in (health.router, uploads.router, jobs.router, keys.router, dashboard_router):
+    app.add_middleware(SecurityHeadersMiddleware)
+    routers = (health.router, docs.router, uploads.router, jobs.router, keys.router)
+    for router in (*routers, dashboard_router):
         app.include_router(router)
     _install_error_handlers(app)
     return app

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from lrprobe.service.artifacts import ArtifactStore
+from lrprobe.service.auth_throttle import FailedAuthThrottle, client_address
 from lrprobe.service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
 from lrprobe.service.keys import Principal, authenticate
 from lrprobe.service.metrics import Metrics
@@ -34,6 +35,7 @@ class Services:
     metrics: Metrics
     schema_heads: frozenset[str]
     upload_dir: Path
+    throttle: FailedAuthThrottle
 
 
 def _services(request: Request) -> Services:
@@ -58,7 +60,18 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 _bearer = HTTPBearer(auto_error=False, description="An lrprobe API key (lrp_…).")
 
 
-async def _current_key(
+def throttled(services: Services, address: str) -> None:
+    """Refuse an address that failed to authenticate too often (429 + Retry-After)."""
+    wait = services.throttle.wait(address)
+    if wait is not None:
+        raise RateLimitedError(
+            f"Too many failed sign-ins or unknown API keys from this address; retry in {wait} s.",
+            retry_after=wait,
+        )
+
+
+async def current_key(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -66,8 +79,11 @@ async def _current_key(
         raise UnauthorizedError(
             "This endpoint needs an API key: send the header Authorization: Bearer <key>."
         )
+    address = client_address(request.client)
+    throttled(services, address)
     principal = await run_in_threadpool(authenticate, services.sessions, credentials.credentials)
     if principal is None:
+        services.throttle.failed(address)
         raise UnauthorizedError("The API key is unknown or revoked; ask an admin for a new one.")
     wait = services.limiter.take(principal.id)
     if wait is not None:
@@ -79,7 +95,8 @@ async def _current_key(
     return principal
 
 
-CurrentKey = Annotated[Principal, Depends(_current_key)]
+CurrentKey = Annotated[Principal, Depends(current_key)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _admin_key(key: CurrentKey) -> Principal:

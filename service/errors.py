@@ -106,6 +106,18 @@ class PayloadTooLargeError(ServiceError):
     title = "Upload too large"
 
 
+class RequestTimeoutError(ServiceError):
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+
+
+class RequestTooLargeError(ServiceError):
+    status = 413
+    code = "request_too_large"
+    title = "Request too large"
+
+
 class UnsupportedMediaTypeError(ServiceError):
     status = 415
     code = "unsupported_media_type"

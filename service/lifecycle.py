@@ -81,7 +81,8 @@ def claim(sessions: sessionmaker[Session], job_id: str, worker: str, lease: floa
         )
         if result != 1:
             return None
-        record(session, job_id, "status", status=JobStatus.RUNNING, worker=worker)
+        # The worker's host and PID stay on the row (lease_owner): events are shown to users.
+        record(session, job_id, "status", status=JobStatus.RUNNING)
         return session.get(Job, job_id)
 
 

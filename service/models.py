@@ -72,6 +72,19 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class DashboardSession(Base):
+    """A signed-in dashboard session. The cookie names it by a random nonce; the row holds only
+    that nonce's sha256, so a copied cookie dies when the row goes (sign-out, expiry)."""
+
+    __tablename__ = "dashboard_sessions"
+    __table_args__ = (Index("ix_dashboard_sessions_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the nonce
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 class ModelArtifact(Base):
     __tablename__ = "models"
     __table_args__ = (Index("ix_models_owner_created", "owner_id", "created_at"),)

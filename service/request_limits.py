@@ -1,13 +1,22 @@
-"""Limits on request bodies that are not streamed uploads, checked before any route runs.
+"""Limits on request bodies, checked before any route, dependency or authentication runs.
 
-Multipart uploads are streamed to disk and capped by ``lrprobe.service.upload_stream``; every
-other body is read whole by its route, so it is capped here (``MAX_BODY_BYTES``, from
-``Content-Length`` or while it arrives) and, under ``/v1/``, must be JSON: a form or plain text
-gets a 415 that says what to send instead of a confusing validation error.
+Every route has a body limit whatever the ``Content-Type``:
+
+- the upload routes (``UPLOAD_ROUTES``) stream their multipart body to disk after the key is
+  checked, capped by ``LRPROBE_MAX_UPLOAD_BYTES`` in ``lrprobe.service.upload_stream``;
+- the dashboard's sign-in takes only a small urlencoded form (``MAX_SIGN_IN_BYTES``);
+- every other body, multipart included, is capped at ``MAX_BODY_BYTES``: refused from its
+  ``Content-Length`` without reading a byte, or while it arrives. Multipart is never parsed
+  here or by those routes (415); under ``/v1/`` a body must be JSON, under ``/ui/`` an
+  urlencoded form.
+
+A body that stops arriving for ``idle_timeout_s`` gets a 408, so a client cannot hold a request
+open by trickling bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -16,62 +25,125 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrprobe.service.errors import (
     PROBLEM_MEDIA_TYPE,
+    RequestTimeoutError,
+    RequestTooLargeError,
     ServiceError,
     UnsupportedMediaTypeError,
     problem_body,
 )
 
 MAX_BODY_BYTES = 1 << 20
+MAX_SIGN_IN_BYTES = 8 << 10
+UPLOAD_ROUTES = frozenset(
+    {
+        ("POST", "/v1/models"),
+        ("POST", "/v1/datasets"),
+        ("POST", "/ui/models"),
+        ("POST", "/ui/datasets"),
+    }
+)
+SIGN_IN_ROUTE = ("POST", "/ui/sign-in")
+_FORM = "application/x-www-form-urlencoded"
+
+# Re-exported for callers that caught it here before it moved to ``errors``.
+__all__ = ["MAX_BODY_BYTES", "UPLOAD_ROUTES", "RequestLimitsMiddleware", "RequestTooLargeError"]
 
 
-class RequestTooLargeError(ServiceError):
-    status = 413
-    code = "request_too_large"
-    title = "Request too large"
+class _TimeoutError(Exception):
+    pass
 
 
 class RequestLimitsMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, idle_timeout_s: float = 30.0
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        route = (scope["method"], scope["path"])
+        if route in UPLOAD_ROUTES:
+            await self.app(scope, receive, send)  # authenticated, then streamed and capped
             return
         headers = Headers(scope=scope)
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type == "multipart/form-data":
-            await self.app(scope, receive, send)  # streamed and capped by the upload route
-            return
-        length = headers.get("content-length")
+        limit = MAX_SIGN_IN_BYTES if route == SIGN_IN_ROUTE else self.max_bytes
         too_large = RequestTooLargeError(
-            f"The request body is over {self.max_bytes} bytes; send the file as a multipart "
-            "upload, or a smaller JSON body."
+            f"The request body is over {limit} bytes; this route takes a JSON body or form of "
+            "at most that size (files go to POST /v1/models or /v1/datasets)."
         )
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
             await _problem(scope, send, too_large)
             return
+        try:
+            body = await self._read(receive, limit)
+        except _TimeoutError:
+            await _problem(
+                scope,
+                send,
+                RequestTimeoutError(
+                    f"The request body stopped arriving for {self.idle_timeout_s:g} s; send it "
+                    "again in one go."
+                ),
+            )
+            return
+        if body is None:
+            await _problem(scope, send, too_large)
+            return
+        error = _wrong_type(scope["path"], route, media_type, bool(body))
+        if error is not None:
+            await _problem(scope, send, error)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None once it passes ``limit``."""
         body = bytearray()
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:
+                raise _TimeoutError from None
             if message["type"] != "http.request":
                 break
             body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await _problem(scope, send, too_large)
-                return
+            if len(body) > limit:
+                return None
             if not message.get("more_body", False):
                 break
-        json_body = media_type == "application/json" or media_type.endswith("+json")
-        if scope["path"].startswith("/v1/") and body and not json_body:
-            error = UnsupportedMediaTypeError(
-                f"Send a JSON body with Content-Type: application/json, or a file upload as "
-                f"multipart/form-data (got {media_type or 'no content type'!r})."
-            )
-            await _problem(scope, send, error)
-            return
-        await self.app(scope, _replay(bytes(body), receive), send)
+        return bytes(body)
+
+
+def _wrong_type(
+    path: str, route: tuple[str, str], media_type: str, has_body: bool
+) -> ServiceError | None:
+    if route == SIGN_IN_ROUTE and media_type != _FORM:
+        return UnsupportedMediaTypeError(
+            f"Sign in with the dashboard's form ({_FORM}), not {media_type or 'no content type'}."
+        )
+    if not has_body:
+        return None
+    if media_type == "multipart/form-data":
+        return UnsupportedMediaTypeError(
+            "Only POST /v1/models and /v1/datasets take multipart/form-data; send this route a "
+            "JSON body with Content-Type: application/json."
+        )
+    json_body = media_type == "application/json" or media_type.endswith("+json")
+    if path.startswith("/v1/") and not json_body:
+        return UnsupportedMediaTypeError(
+            f"Send a JSON body with Content-Type: application/json, or a file upload as "
+            f"multipart/form-data (got {media_type or 'no content type'!r})."
+        )
+    if path.startswith("/ui/") and media_type != _FORM:
+        return UnsupportedMediaTypeError(
+            f"The dashboard's forms are sent as {_FORM} (got {media_type or 'no content type'!r})."
+        )
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -89,7 +161,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _problem(scope: Scope, send: Send, error: ServiceError) -> None:
     content: dict[str, Any] = problem_body(error, scope["path"])
-    response = JSONResponse(content, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE)
+    headers = {"Connection": "close"} if error.status in (408, 413) else None
+    response = JSONResponse(
+        content, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+    )
     await response(scope, _no_receive, send)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,26 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         2 * 1024**3, description="Largest accepted checkpoint or dataset upload, in bytes."
+    )
+    upload_idle_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="An upload or request body that sends nothing for this long is cut off "
+        "(408); after this long an upload must also keep up upload_min_bytes_per_second.",
+    )
+    upload_min_bytes_per_second: float = Field(
+        16 * 1024, ge=0, description="Slowest average rate an upload may arrive at (408 below)."
+    )
+    metrics_access: Literal["off", "admin", "open"] = Field(
+        "admin",
+        description="Who may read /metrics: off (404), admin (an admin key as Bearer token; "
+        "the default) or open (anyone who can reach the API, e.g. behind a private network).",
+    )
+    sign_in_failures_per_minute: int = Field(
+        10,
+        ge=1,
+        description="Failed dashboard sign-ins and unknown API keys allowed per client address "
+        "and minute (429 with Retry-After beyond).",
     )
     allow_pt2: bool = Field(
         False,

@@ -22,22 +22,37 @@ streams.
 from __future__ import annotations
 
 import ast
-import json
+import logging
 import math
 import pickletools
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 from lrprobe.service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
+from lrprobe.service.json_limits import MAX_DEPTH, JsonLimitError, load_bounded
+
+log = logging.getLogger(__name__)
 
 ARCH_METADATA_KEY = "lrprobe.arch"
 CONFIG_METADATA_KEY = "lrprobe.arch_config"
-MAX_SAFETENSORS_HEADER = 100 << 20
+# safetensors' own cap on a header; above it a file is not read as safetensors at all.
+SAFETENSORS_HEADER_FORMAT_CAP = 100_000_000
+# Ours, far above any real model's (GPT-2's header is 15 KB; a 70B model's shard under 100 KB).
+MAX_SAFETENSORS_HEADER = 8 << 20
+MAX_SAFETENSORS_ENTRIES = 50_000
+MAX_ARCH_NAME = 100
+MAX_ARCH_CONFIG_BYTES = 64 << 10
+MAX_CONFIG_JSON_BYTES = 1 << 20
+# What the model row keeps of the tensor names: a summary, never the whole header.
+MAX_SUMMARY_GROUPS = 256
+MAX_SUMMARY_NAMES = 64
+MAX_SUMMARY_NAME_CHARS = 500
 MAX_ARCHIVE_MEMBERS = 10_000
 MAX_PICKLE_BYTES = 64 << 20
 # As the intake's archive checks (lrprobe.worker.intake.checkpoint_archives): weights barely
@@ -46,6 +61,19 @@ MAX_EXPANSION_RATIO = 50
 _RATIO_SLACK_BYTES = 1 << 20
 _SAFE_FORMATS = "a .safetensors state dict with an architecture name"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Bits per element of safetensors' dtypes (the sub-byte float formats included).
+_DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "I16": 16,
+    "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64,
+    "U64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "C64": 64,
+}  # fmt: skip
+# What a corrupt file makes the standard library's readers raise (bad CRC, broken deflate,
+# truncated streams, unsupported compression, a recursion bomb): all answered as a 4xx.
+_PARSER_ERRORS = (
+    zipfile.BadZipFile, zlib.error, tarfile.TarError, EOFError, OSError, NotImplementedError,
+    RuntimeError, ValueError, OverflowError, RecursionError, KeyError, IndexError, TypeError,
+    AttributeError, LookupError,
+)  # fmt: skip
 
 # What a state dict's pickle may reference: tensor rebuilding, storages, containers, dtypes.
 _ALLOWED_GLOBALS = frozenset(
@@ -144,19 +172,29 @@ def _check_member_name(raw: str) -> None:
         raise _unsafe_archive(f"The archive member {raw!r} climbs out of the archive with '..'")
 
 
-def _check_zip_members(zf: zipfile.ZipFile, archive_size: int) -> None:
-    total = 0
-    for info in zf.infolist():
-        _check_member_name(info.filename)
-        kind = stat.S_IFMT(info.external_attr >> 16)
-        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-            raise _unsafe_archive(f"The archive member {info.filename!r} is a link or special file")
-        total += info.file_size
+def _check_expansion(total: int, archive_size: int) -> None:
     if total > MAX_EXPANSION_RATIO * archive_size + _RATIO_SLACK_BYTES:
         raise _unsafe_archive(
             f"The archive expands {total // max(archive_size, 1)}-fold, which model weights "
             "never do (a zip bomb)"
         )
+
+
+def _check_zip_members(zf: zipfile.ZipFile, archive_size: int) -> None:
+    total = 0
+    seen: set[str] = set()
+    for info in zf.infolist():
+        _check_member_name(info.filename)
+        if info.filename in seen:
+            raise _unsafe_archive(f"The archive holds {info.filename!r} twice")
+        seen.add(info.filename)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+            raise _unsafe_archive(f"The archive member {info.filename!r} is a link or special file")
+        if info.flag_bits & 0x1:
+            raise _unsafe_archive(f"The archive member {info.filename!r} is encrypted")
+        total += info.file_size
+    _check_expansion(total, archive_size)
 
 
 def inspect_checkpoint(
@@ -169,6 +207,31 @@ def inspect_checkpoint(
     """Classify the checkpoint at ``path``; raise a ``ServiceError`` with an intake code if the
     worker would refuse it. ``arch``/``arch_config`` (from the upload form) override the
     safetensors metadata."""
+    if arch is not None:
+        _check_arch_name(arch)
+    try:
+        return _inspect_checkpoint(path, arch, arch_config, allow_pt2)
+    except ServiceError:
+        raise
+    except _PARSER_ERRORS as exc:
+        log.info("checkpoint refused by a parser error: %r", exc)
+        raise _unsupported(
+            f"The file could not be read ({type(exc).__name__}: it is corrupt or truncated)"
+        ) from None
+
+
+def _check_arch_name(arch: str) -> None:
+    if len(arch) > MAX_ARCH_NAME or not arch.isprintable():
+        raise UnprocessableError(
+            f"The architecture name must be 1-{MAX_ARCH_NAME} printable characters; send a "
+            "registry name such as mlp.",
+            code="invalid_arch_config",
+        )
+
+
+def _inspect_checkpoint(
+    path: Path, arch: str | None, arch_config: dict[str, Any] | None, allow_pt2: bool
+) -> CheckpointInfo:
     size = path.stat().st_size
     if size == 0:
         raise UnprocessableError(
@@ -192,7 +255,7 @@ def inspect_checkpoint(
 def _looks_like_safetensors(head: bytes) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
-    return 2 <= int.from_bytes(head[:8], "little") <= MAX_SAFETENSORS_HEADER
+    return 2 <= int.from_bytes(head[:8], "little") <= SAFETENSORS_HEADER_FORMAT_CAP
 
 
 def _looks_like_tar(head: bytes) -> bool:
@@ -204,29 +267,34 @@ def _looks_like_pickle(head: bytes) -> bool:
 
 
 def _safetensors_header(raw: bytes, payload_size: int | None) -> dict[str, Any]:
-    """Validate a safetensors header; ``payload_size`` (bytes after the header) if known."""
+    """Validate a safetensors header; ``payload_size`` (bytes after the header) if known.
+
+    Bounded before it is parsed (size, entry count) and checked entry by entry as safetensors
+    would: offsets are integers in order, and each tensor's bytes match its shape and dtype (so
+    shapes cannot claim more parameters than the file holds)."""
+    if len(raw) > MAX_SAFETENSORS_HEADER:
+        raise _unsupported(
+            f"The safetensors header is {len(raw)} bytes, over lrprobe's limit of "
+            f"{MAX_SAFETENSORS_HEADER}"
+        )
+    if raw.count(b'"data_offsets"') > MAX_SAFETENSORS_ENTRIES:
+        raise _unsupported(f"The safetensors file has more than {MAX_SAFETENSORS_ENTRIES} tensors")
     try:
-        header = json.loads(raw)
-    except ValueError:
-        raise _unsupported("The safetensors header is not valid JSON (truncated file?)") from None
+        header = load_bounded(raw, max_bytes=MAX_SAFETENSORS_HEADER)
+    except JsonLimitError as exc:
+        raise _unsupported(f"The safetensors header was refused: {exc}") from None
     if not isinstance(header, dict):
         raise _unsupported("The safetensors header is not a JSON object")
     end = 0
     for name, entry in header.items():
         if name == "__metadata__":
-            if not isinstance(entry, dict):
-                raise _unsupported("The safetensors metadata is not a JSON object")
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise _unsupported("The safetensors metadata is not a JSON object of strings")
             continue
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("dtype"), str)
-            or not isinstance(entry.get("shape"), list)
-            or not all(isinstance(d, int) and d >= 0 for d in entry["shape"])
-            or not isinstance(entry.get("data_offsets"), list)
-            or len(entry["data_offsets"]) != 2
-        ):
-            raise _unsupported(f"The safetensors entry {name!r} is malformed")
-        end = max(end, int(entry["data_offsets"][1]))
+        _, stop = _checked_entry(name, entry)
+        end = max(end, stop)
+        if payload_size is not None and stop > payload_size:
+            break
     if payload_size is not None and end > payload_size:
         raise _unsupported("The safetensors file is truncated (its tensors end past the file)")
     if payload_size is not None and end < payload_size:
@@ -234,6 +302,34 @@ def _safetensors_header(raw: bytes, payload_size: int | None) -> dict[str, Any]:
         # keep bytes that no probe can use.
         raise _unsupported("The safetensors file has bytes after its last tensor")
     return header
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_entry(name: str, entry: Any) -> tuple[int, int]:
+    """An entry's (begin, end) offsets, once its dtype, shape and offsets agree."""
+    malformed = _unsupported(f"The safetensors entry {name[:200]!r} is malformed")
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        raise malformed
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise malformed
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets)):
+        raise malformed
+    begin, stop = offsets
+    if not 0 <= begin <= stop:
+        raise malformed
+    bits = _DTYPE_BITS.get(entry["dtype"])
+    if bits is not None and math.prod(shape) * bits != (stop - begin) * 8:
+        raise _unsupported(
+            f"The safetensors entry {name[:200]!r} holds {stop - begin} bytes, which is not its "
+            f"shape {shape[:8]} of {entry['dtype']}"
+        )
+    if bits is None and math.prod(shape) > (stop - begin) * 8:
+        raise malformed
+    return begin, stop
 
 
 def _inspect_safetensors(
@@ -244,7 +340,7 @@ def _inspect_safetensors(
         if 8 + length > size:
             raise _unsupported("The safetensors file is truncated (its header ends past the file)")
         header = _safetensors_header(f.read(length), size - 8 - length)
-    metadata = header.pop("__metadata__", None) or {}
+    metadata: dict[str, str] = header.pop("__metadata__", None) or {}
     shapes = {name: entry["shape"] for name, entry in header.items()}
     if not shapes:
         raise UnprocessableError(
@@ -252,17 +348,20 @@ def _inspect_safetensors(
             code="unsupported_checkpoint",
         )
     meta_arch = metadata.get(ARCH_METADATA_KEY)
+    if meta_arch is not None and arch is None:
+        _check_arch_name(meta_arch)
     chosen_config = arch_config
     raw_config = metadata.get(CONFIG_METADATA_KEY)
     if chosen_config is None and raw_config is not None and (arch is None or arch == meta_arch):
         try:
-            chosen_config = json.loads(raw_config)
-        except (TypeError, ValueError):
+            chosen_config = load_bounded(raw_config, max_bytes=MAX_ARCH_CONFIG_BYTES)
+        except JsonLimitError:
             chosen_config = None
         if not isinstance(chosen_config, dict):
             raise UnprocessableError(
-                f"The safetensors metadata {CONFIG_METADATA_KEY!r} is not a JSON object; send "
-                "arch_config with the upload or re-save with save_checkpoint.",
+                f"The safetensors metadata {CONFIG_METADATA_KEY!r} is not a JSON object of at "
+                f"most {MAX_ARCH_CONFIG_BYTES} bytes and {MAX_DEPTH} levels; "
+                "send arch_config with the upload or re-save with save_checkpoint.",
                 code="invalid_arch_config",
             )
     chosen_arch = arch if arch is not None else meta_arch
@@ -283,6 +382,7 @@ def _inspect_safetensors(
 
 
 def _count_params(shapes: dict[str, list[int]]) -> int:
+    # Bounded by the file's size: every shape was checked against its tensor's bytes.
     return sum(math.prod(shape) for name, shape in shapes.items() if not _is_buffer(name))
 
 
@@ -291,12 +391,18 @@ def _is_buffer(name: str) -> bool:
 
 
 def _layer_groups(shapes: dict[str, list[int]]) -> dict[str, list[str]]:
-    """Provisional per-layer groups: tensors grouped by the module path that owns them."""
+    """Provisional per-layer groups: tensors grouped by the module path that owns them. A
+    summary: at most ``MAX_SUMMARY_GROUPS`` groups of ``MAX_SUMMARY_NAMES`` names each (the
+    probe's partition, computed by the worker from the weights, is authoritative)."""
     groups: dict[str, list[str]] = {}
     for name in shapes:
-        if not _is_buffer(name):
+        if not _is_buffer(name) and len(name) <= MAX_SUMMARY_NAME_CHARS:
             owner = name.rsplit(".", 1)[0] if "." in name else name
-            groups.setdefault(owner, []).append(name)
+            if owner not in groups and len(groups) >= MAX_SUMMARY_GROUPS:
+                continue
+            names = groups.setdefault(owner, [])
+            if len(names) < MAX_SUMMARY_NAMES:
+                names.append(name)
     return groups
 
 
@@ -352,30 +458,45 @@ def _inspect_checkpoint_zip(
             if arch is not None or arch_config is not None:
                 raise _arch_not_applicable("a Hugging Face model archive")
             return _hf_info(
-                names, lambda n: zf.read(n) if zf.getinfo(n).file_size < 1 << 20 else b""
+                names,
+                lambda n: zf.read(n) if zf.getinfo(n).file_size <= MAX_CONFIG_JSON_BYTES else b"",
             )
     raise _unsupported("The zip archive is neither a model folder nor a torch.save file")
 
 
 def _inspect_hf_tar(path: Path) -> CheckpointInfo:
+    """The zip checks, for tar: names, links, duplicates, member count and expansion. Each
+    header is checked before the next is read, so a compressed tar that declares huge members
+    is refused before they are decompressed."""
+    archive_size = path.stat().st_size
+    members: list[str] = []
+    seen: set[str] = set()
+    config: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, "r:*") as tf:
-            members = []
-            config: dict[str, bytes] = {}
             for member in tf:
                 _check_member_name(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise _unsafe_archive(
                         f"The archive member {member.name!r} is a link or special file"
                     )
+                name = member.name.removeprefix("./")
+                if name in seen:
+                    raise _unsafe_archive(f"The archive holds {member.name!r} twice")
+                seen.add(name)
                 members.append(member.name)
                 if len(members) > MAX_ARCHIVE_MEMBERS:
-                    raise _unsupported(f"The archive has more than {MAX_ARCHIVE_MEMBERS} members")
+                    raise _unsafe_archive(
+                        f"The archive has more than {MAX_ARCHIVE_MEMBERS} members"
+                    )
+                total += member.size
+                _check_expansion(total, archive_size)
                 if member.isfile() and PurePosixPath(member.name).name == "config.json":
                     handle = tf.extractfile(member)
-                    if handle is not None and member.size < 1 << 20:
-                        config[member.name] = handle.read()
-    except (tarfile.TarError, OSError, EOFError, ValueError):
+                    if handle is not None and member.size <= MAX_CONFIG_JSON_BYTES:
+                        config[member.name] = handle.read(MAX_CONFIG_JSON_BYTES + 1)
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error):
         raise _unsupported("The archive is truncated or corrupt") from None
     return _hf_info(members, lambda n: config.get(n, b""))
 
@@ -394,9 +515,9 @@ def _hf_info(names: list[str], read: Any) -> CheckpointInfo:
             "The archive is not a Hugging Face model folder with config.json and *.safetensors"
         )
     try:
-        config = json.loads(read(min(configs, key=len)))
-    except ValueError:
-        raise _unsupported("The archive's config.json is not valid JSON") from None
+        config = load_bounded(read(min(configs, key=len)), max_bytes=MAX_CONFIG_JSON_BYTES)
+    except JsonLimitError as exc:
+        raise _unsupported(f"The archive's config.json was refused: {exc}") from None
     if not isinstance(config, dict):
         raise _unsupported("The archive's config.json is not a JSON object")
     if _has_key(config, "auto_map"):
@@ -487,6 +608,18 @@ DATASET_FORMATS = ("npz", "npy", "pt", "csv", "parquet", "bin")
 def inspect_dataset(path: Path, filename: str) -> DatasetInfo:
     """Classify an uploaded dataset from its content (and, for text and token streams, its
     name); raise ``unsupported_data_format`` or ``pickle_refused``."""
+    try:
+        return _inspect_dataset(path, filename)
+    except ServiceError:
+        raise
+    except _PARSER_ERRORS as exc:
+        log.info("dataset refused by a parser error: %r", exc)
+        raise _unsupported_data(
+            f"The file could not be read ({type(exc).__name__}: it is corrupt or truncated)"
+        ) from None
+
+
+def _inspect_dataset(path: Path, filename: str) -> DatasetInfo:
     size = path.stat().st_size
     if size == 0:
         raise UnprocessableError(

@@ -1,12 +1,16 @@
 """Receive a multipart upload by streaming its file part to a temporary file, hashing it on the
 way and stopping as soon as it exceeds the size cap (nothing is buffered whole in memory, and an
-oversized upload is refused without being read to its end)."""
+oversized upload is refused without being read to its end). An upload that stalls, or that
+trickles in below a minimum rate, is cut off (408), so a client cannot hold a temporary file
+and a connection for as long as it likes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -18,11 +22,38 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
-from lrprobe.service.errors import ServiceError, UnprocessableError, UnsupportedMediaTypeError
+from lrprobe.service.errors import (
+    RequestTimeoutError,
+    ServiceError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
+from lrprobe.service.settings import Settings
 
 MAX_FIELD_BYTES = 1 << 20
 MAX_FIELDS = 16
 _MULTIPART_SLACK = 64 << 10  # boundaries, part headers and small form fields
+_CONTROL = dict.fromkeys(range(32))  # NUL and other control characters never reach a name
+
+
+@dataclass(frozen=True)
+class UploadPace:
+    """How slowly an upload may arrive: ``idle_s`` without a byte ends it, and after the first
+    ``idle_s`` its average rate must stay at or above ``min_bytes_per_s``."""
+
+    idle_s: float = 30.0
+    min_bytes_per_s: float = 16 << 10
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploadPace:
+        return cls(settings.upload_idle_timeout_seconds, settings.upload_min_bytes_per_second)
+
+
+def clean_filename(raw: str) -> str:
+    """The client's file name as stored and shown: its last path part, without control
+    characters, at most 255 characters."""
+    name = os.path.basename(raw.replace("\\", "/")).translate(_CONTROL).strip()
+    return name[:255] or "upload"
 
 
 @dataclass
@@ -97,7 +128,7 @@ class _Receiver:
         if filename is not None and self._name == self.file_field:
             if self.file is not None:
                 raise UnprocessableError(f"Send one file in the form field {self.file_field!r}.")
-            self._filename = os.path.basename(filename.decode("utf-8", "replace")) or "upload"
+            self._filename = clean_filename(filename.decode("utf-8", "replace"))
             handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in part_end/cleanup
                 dir=self.tmp_dir, prefix="upload-", delete=False
             )
@@ -148,12 +179,15 @@ async def receive_upload(
     max_bytes: int,
     too_large: Callable[[], ServiceError],
     file_field: str = "file",
+    pace: UploadPace | None = None,
 ) -> AsyncIterator[ReceivedForm]:
     """Stream ``request``'s multipart body; the temporary file is removed when the block ends.
 
     Raises ``UnsupportedMediaTypeError`` for a body that is not multipart/form-data, ``too_large()``
-    beyond ``max_bytes`` and ``UnprocessableError`` for a form without a file in ``file_field``.
+    beyond ``max_bytes``, ``UnprocessableError`` for a form without a file in ``file_field`` and
+    ``RequestTimeoutError`` for an upload slower than ``pace``.
     """
+    pace = pace or UploadPace()
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -168,9 +202,8 @@ async def receive_upload(
     try:
         parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
         try:
-            async for chunk in request.stream():
-                if chunk:
-                    await run_in_threadpool(parser.write, chunk)
+            async for chunk in _paced(request, pace):
+                await run_in_threadpool(parser.write, chunk)
             parser.finalize()
         except _TooLargeError:
             raise too_large() from None
@@ -191,3 +224,28 @@ async def receive_upload(
         for path in receiver.paths:
             with suppress(FileNotFoundError):
                 path.unlink()
+
+
+async def _paced(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:
+    """``request.stream()``, cut off when it idles or falls below the minimum rate."""
+    chunks = request.stream().__aiter__()
+    start = time.monotonic()
+    received = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), pace.idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"The upload stopped arriving for {pace.idle_s:g} s; send it again."
+            ) from None
+        received += len(chunk)
+        elapsed = time.monotonic() - start
+        if elapsed > pace.idle_s and received < pace.min_bytes_per_s * elapsed:
+            raise RequestTimeoutError(
+                f"The upload arrived at {received / elapsed:.0f} bytes/s, under the minimum of "
+                f"{pace.min_bytes_per_s:g}; send it over a faster connection."
+            )
+        if chunk:
+            yield chunk

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import select
@@ -11,10 +10,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from lrprobe.client.schemas import DatasetOut, ModelOut
 from lrprobe.service.artifacts import ArtifactStore
 from lrprobe.service.errors import DatasetNotFoundError, ModelNotFoundError, UnprocessableError
+from lrprobe.service.json_limits import MAX_DEPTH, JsonLimitError, load_bounded
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import new_id
 from lrprobe.service.models import DatasetArtifact, ModelArtifact, utcnow
-from lrprobe.service.upload_formats import inspect_checkpoint, inspect_dataset
+from lrprobe.service.upload_formats import (
+    MAX_ARCH_CONFIG_BYTES,
+    inspect_checkpoint,
+    inspect_dataset,
+)
 from lrprobe.service.upload_stream import ReceivedFile
 
 
@@ -22,12 +26,13 @@ def parse_arch_config(raw: str | None) -> dict[str, Any] | None:
     if raw is None or not raw.strip():
         return None
     try:
-        value = json.loads(raw)
-    except ValueError:
+        value = load_bounded(raw, max_bytes=MAX_ARCH_CONFIG_BYTES)
+    except JsonLimitError:
         value = None
     if not isinstance(value, dict):
         raise UnprocessableError(
-            'The form field arch_config must be a JSON object, e.g. {"hidden": [64, 64]}.',
+            'The form field arch_config must be a JSON object, e.g. {"hidden": [64, 64]}, of '
+            f"at most {MAX_ARCH_CONFIG_BYTES} bytes and {MAX_DEPTH} levels, with finite numbers.",
             code="invalid_arch_config",
             errors=[{"loc": ["body", "arch_config"], "msg": "not a JSON object", "type": "json"}],
         )

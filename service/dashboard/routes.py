@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lrprobe.client.schemas import JobCreate, JobOut, Recommendation
 from lrprobe.service import jobs, keys, uploads
+from lrprobe.service.auth_throttle import client_address
 from lrprobe.service.dashboard import charts, queries
 from lrprobe.service.dashboard.export import recommendation_csv, torch_snippet
 from lrprobe.service.dashboard.session import (
@@ -32,17 +33,18 @@ from lrprobe.service.dashboard.session import (
     DashboardSession,
     csrf_ok,
     csrf_token,
-    issue_cookie,
+    end_session,
     live_key,
     load_secret,
     new_nonce,
     read_cookie,
+    start_session,
 )
 from lrprobe.service.data_refs import BUILTIN_DATASETS
-from lrprobe.service.deps import Services, ServicesDep
+from lrprobe.service.deps import Services, ServicesDep, throttled
 from lrprobe.service.errors import PayloadTooLargeError, RateLimitedError, ServiceError
 from lrprobe.service.lifecycle import FINAL, JobStatus
-from lrprobe.service.upload_stream import receive_upload
+from lrprobe.service.upload_stream import UploadPace, receive_upload
 
 HERE = Path(__file__).parent
 STATIC = {
@@ -233,18 +235,22 @@ async def sign_in(request: Request, services: ServicesDep) -> Response:
         return _sign_in_page(
             request, services, next_url, "The sign-in form expired; try again.", 403
         )
+    address = client_address(request.client)
+    throttled(services, address)
     principal = await run_in_threadpool(
         keys.authenticate, services.sessions, fields.get("api_key", "").strip()
     )
     if principal is None:
+        services.throttle.failed(address)
         return _sign_in_page(
             request, services, next_url,
             "That API key is unknown or revoked. Paste the whole key (it starts with lrp_); "
             "an admin can create one with `lrprobe keys create`.", 401,
         )  # fmt: skip
+    cookie = await run_in_threadpool(start_session, services.sessions, secret, principal.id)
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(
-        SESSION_COOKIE, issue_cookie(secret, principal.id), max_age=SESSION_SECONDS, path="/ui",
+        SESSION_COOKIE, cookie, max_age=SESSION_SECONDS, path="/ui",
         httponly=True, samesite="lax", secure=request.url.scheme == "https",
     )  # fmt: skip
     response.delete_cookie(PRESESSION_COOKIE, path="/ui/sign-in")
@@ -252,8 +258,9 @@ async def sign_in(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/ui/sign-out")
-async def sign_out(request: Request, me: Current) -> Response:
+async def sign_out(request: Request, services: ServicesDep, me: Current) -> Response:
     await _checked_form(request, me)
+    await run_in_threadpool(end_session, services.sessions, me.nonce)
     response = RedirectResponse("/ui/sign-in", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/ui")
     return response
@@ -375,11 +382,13 @@ def _spec_from_form(fields: dict[str, str]) -> dict[str, Any]:
 
     optimizer: dict[str, Any] = {"name": given("optimizer.name") or "sgd"}
     if optimizer["name"] == "momentum" and given("optimizer.momentum"):
-        optimizer["momentum"] = given("optimizer.momentum")
+        optimizer["momentum"] = _number(given("optimizer.momentum"))
     if optimizer["name"] in ("adam", "adamw") and given("optimizer.betas"):
-        optimizer["betas"] = [b.strip() for b in (given("optimizer.betas") or "").split(",")]
+        optimizer["betas"] = [
+            _number(b.strip()) for b in (given("optimizer.betas") or "").split(",")
+        ]
     if given("optimizer.weight_decay"):
-        optimizer["weight_decay"] = given("optimizer.weight_decay")
+        optimizer["weight_decay"] = _number(given("optimizer.weight_decay"))
     rule: Any = given("partition.rule") or "layer"
     if rule == "regex":
         rule = {}
@@ -388,7 +397,7 @@ def _spec_from_form(fields: dict[str, str]) -> dict[str, Any]:
                 pattern, _, name = line.partition("=>")
                 rule[pattern.strip()] = name.strip()
     budget = {
-        name: given(f"budget.{name}")
+        name: _number(given(f"budget.{name}"))
         for name in ("batches", "batch_size", "heldout_batches", "time_limit_s")
         if given(f"budget.{name}")
     }
@@ -401,10 +410,25 @@ def _spec_from_form(fields: dict[str, str]) -> dict[str, Any]:
         "budget": budget,
         "device": given("device") or "auto",
     }
-    for name in ("seed", "block_size", "label"):
+    for name in ("seed", "block_size"):
         if given(name) is not None:
-            spec[name] = given(name)
+            spec[name] = _number(given(name))
+    if given("label") is not None:
+        spec["label"] = given("label")
     return spec
+
+
+def _number(text: str | None) -> Any:
+    """A form's number as JSON would carry it: the request schema takes strict ints and
+    floats, and a form sends text. Anything else stays text and fails validation there."""
+    if text is None:
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _field_errors(errors: list[dict[str, Any]]) -> dict[str, str]:
@@ -463,8 +487,9 @@ async def _upload(
     )
     try:
         async with receive_upload(
-            request, tmp_dir=services.upload_dir, max_bytes=cap, too_large=lambda: too_large
-        ) as form:
+            request, tmp_dir=services.upload_dir, max_bytes=cap, too_large=lambda: too_large,
+            pace=UploadPace.from_settings(services.settings),
+        ) as form:  # fmt: skip
             if not csrf_ok(request.app.state.dashboard_secret, me.nonce, form.fields.get("csrf")):
                 raise CsrfError
             if kind == "model":

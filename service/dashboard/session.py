@@ -2,9 +2,11 @@
 (never its secret), a per-session CSRF token, and the key lookup on every request.
 
 The cookie is ``base64url(json) "." base64url(hmac_sha256)``; its payload is the key id, a
-random session nonce and the time it was issued. Each request checks the signature, the age and
-that the key is still live, so revoking a key ends its dashboard sessions at once. The CSRF token
-of a session is an HMAC of its nonce; forms carry it in a hidden field.
+random session nonce and the time it was issued. Each request checks the signature, the age,
+that the session is still held server-side (a ``dashboard_sessions`` row keyed by the nonce's
+sha256) and that the key is still live: signing out deletes the row, so a copied cookie stops
+working at once, and revoking a key ends all its sessions. The CSRF token of a session is an
+HMAC of its nonce; forms carry it in a hidden field.
 
 The signing secret is ``settings.session_secret`` when the deployment sets one (every API
 replica must share it), otherwise a random secret kept in ``DATA_DIR/dashboard-session.key``.
@@ -20,13 +22,15 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service.keys import Principal
-from lrprobe.service.models import ApiKey
+from lrprobe.service.models import ApiKey, utcnow
+from lrprobe.service.models import DashboardSession as SessionRow
 from lrprobe.service.settings import Settings
 
 SESSION_COOKIE = "lrprobe_session"
@@ -69,13 +73,42 @@ def _mac(secret: bytes, purpose: str, message: str) -> str:
     return _b64(hmac.new(secret, f"{purpose}|{message}".encode(), hashlib.sha256).digest())
 
 
-def issue_cookie(secret: bytes, key_id: str, now: float | None = None) -> str:
+def issue_cookie(
+    secret: bytes, key_id: str, now: float | None = None, nonce: str | None = None
+) -> str:
     payload = _b64(
         json.dumps(
-            {"k": key_id, "n": secrets.token_urlsafe(16), "t": int(now or time.time())}
+            {"k": key_id, "n": nonce or secrets.token_urlsafe(16), "t": int(now or time.time())}
         ).encode()
     )
     return f"{payload}.{_mac(secret, 'session', payload)}"
+
+
+def _session_id(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def start_session(sessions: sessionmaker[Session], secret: bytes, key_id: str) -> str:
+    """Record a new session of ``key_id`` (and drop expired ones); returns its cookie."""
+    nonce = secrets.token_urlsafe(16)
+    now = utcnow()
+    with sessions.begin() as session:
+        session.execute(delete(SessionRow).where(SessionRow.expires_at < now))
+        session.add(
+            SessionRow(
+                id=_session_id(nonce),
+                key_id=key_id,
+                created_at=now,
+                expires_at=now + timedelta(seconds=SESSION_SECONDS),
+            )
+        )
+    return issue_cookie(secret, key_id, nonce=nonce)
+
+
+def end_session(sessions: sessionmaker[Session], nonce: str) -> None:
+    """Forget the session: its cookie, wherever it was copied, no longer signs anyone in."""
+    with sessions.begin() as session:
+        session.execute(delete(SessionRow).where(SessionRow.id == _session_id(nonce)))
 
 
 def read_cookie(
@@ -110,9 +143,18 @@ def new_nonce() -> str:
 
 
 def live_key(sessions: sessionmaker[Session], key_id: str, nonce: str) -> DashboardSession | None:
-    """The session of a key that still exists and is not revoked."""
+    """The session, if it is still held, of a key that still exists and is not revoked."""
     with sessions() as session:
-        key = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+        key = session.scalar(
+            select(ApiKey)
+            .join(SessionRow, SessionRow.key_id == ApiKey.id)
+            .where(
+                ApiKey.id == key_id,
+                ApiKey.revoked_at.is_(None),
+                SessionRow.id == _session_id(nonce),
+                SessionRow.expires_at > utcnow(),
+            )
+        )
         if key is None:
             return None
         return DashboardSession(

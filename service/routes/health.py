@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -12,7 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from lrprobe.client.schemas import Health, Ready
 from lrprobe.service import migrate
-from lrprobe.service.deps import Services, ServicesDep
+from lrprobe.service.deps import Credentials, Services, ServicesDep, current_key
+from lrprobe.service.errors import AdminRequiredError, NotFoundError
+from lrprobe.service.routes import problems
 
 router = APIRouter(tags=["health"])
 
@@ -62,7 +64,18 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(services: ServicesDep) -> Response:
-    """Prometheus exposition format."""
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=Response, responses=problems(401, 403, 404))
+async def metrics(request: Request, services: ServicesDep, credentials: Credentials) -> Response:
+    """Prometheus exposition format. Who may read it is ``LRPROBE_METRICS_ACCESS``: ``admin``
+    (the default: an admin key as Bearer token), ``open`` or ``off``."""
+    access = services.settings.metrics_access
+    if access == "off":
+        raise NotFoundError("Metrics are off on this deployment (LRPROBE_METRICS_ACCESS=off).")
+    if access == "admin":
+        key = await current_key(request, services, credentials)
+        if not key.admin:
+            raise AdminRequiredError(
+                "Metrics need an admin key on this deployment (LRPROBE_METRICS_ACCESS=admin)."
+            )
+    body = await run_in_threadpool(generate_latest, services.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -21,12 +21,14 @@ from lrprobe.client.schemas import (
 )
 from lrprobe.service import jobs
 from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
+from lrprobe.service.errors import UnprocessableError
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
 from lrprobe.service.routes import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit; a larger cursor cannot name one
 EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
@@ -118,8 +120,10 @@ async def job_events(
     request: Request,
     services: ServicesDep,
     key: CurrentKey,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id.")
+    ] = 0,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> Any:
     """Progress and status events. With ``Accept: text/event-stream``: server-sent events
     that resume after ``Last-Event-ID`` and end when the job is final. Otherwise (the polling
@@ -127,7 +131,7 @@ async def job_events(
     first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, after)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return first
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    start = _resume_from(last_event_id, after)
     if start != after:
         first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, start)
     return StreamingResponse(
@@ -135,6 +139,20 @@ async def job_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _resume_from(last_event_id: str | None, after: int) -> int:
+    """The event id to resume after: ``Last-Event-ID`` when it is one of ours, else ``after``."""
+    if not last_event_id:
+        return after
+    if not last_event_id.isascii() or not last_event_id.isdigit():
+        return after  # not an id this service sent: start from ?after=
+    if len(last_event_id) > 19 or int(last_event_id) > MAX_EVENT_ID:
+        raise UnprocessableError(
+            f"Last-Event-ID is over {MAX_EVENT_ID}, so it is no event of this job; reconnect "
+            "without it."
+        )
+    return int(last_event_id)
 
 
 async def _stream(

@@ -10,7 +10,7 @@ from lrprobe.service import uploads
 from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
 from lrprobe.service.errors import PayloadTooLargeError
 from lrprobe.service.routes import problems
-from lrprobe.service.upload_stream import receive_upload
+from lrprobe.service.upload_stream import UploadPace, receive_upload
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
@@ -47,7 +47,7 @@ def _too_large(what: str, code: str, cap: int) -> PayloadTooLargeError:
     "/models",
     status_code=201,
     response_model=ModelOut,
-    responses=problems(401, 413, 415, 422, 429),
+    responses=problems(401, 408, 413, 415, 422, 429),
     openapi_extra=_multipart_body(
         {
             "arch": {"type": "string", "description": "Registry architecture (state dicts)."},
@@ -65,6 +65,7 @@ async def upload_model(request: Request, services: ServicesDep, key: CurrentKey)
         tmp_dir=services.upload_dir,
         max_bytes=cap,
         too_large=lambda: _too_large("checkpoint", "checkpoint_too_large", cap),
+        pace=UploadPace.from_settings(services.settings),
     ) as form:
         return await run_in_threadpool(
             lambda: uploads.register_model(
@@ -89,7 +90,7 @@ def get_model(model_id: str, sessions: SessionsDep, key: CurrentKey) -> ModelOut
     "/datasets",
     status_code=201,
     response_model=DatasetOut,
-    responses=problems(401, 413, 415, 422, 429),
+    responses=problems(401, 408, 413, 415, 422, 429),
     openapi_extra=_multipart_body({}),
 )
 async def upload_dataset(request: Request, services: ServicesDep, key: CurrentKey) -> DatasetOut:
@@ -101,6 +102,7 @@ async def upload_dataset(request: Request, services: ServicesDep, key: CurrentKe
         tmp_dir=services.upload_dir,
         max_bytes=cap,
         too_large=lambda: _too_large("dataset", "dataset_too_large", cap),
+        pace=UploadPace.from_settings(services.settings),
     ) as form:
         return await run_in_threadpool(
             uploads.register_dataset, services.sessions, services.store, key, form.file

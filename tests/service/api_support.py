@@ -91,6 +91,7 @@ def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
         "data_roots": [data_dir / "data"],
         "allowed_data_hosts": ["data.example.com"],
         "rate_limit_per_minute": 10_000,
+        "sign_in_failures_per_minute": 10_000,
         "max_upload_bytes": 1 << 20,
     }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]

@@ -74,7 +74,7 @@ def test_health_readiness_and_metrics(api: RunningApi) -> None:
     down = api.client.get("/readyz")
     assert (down.status_code, down.json()["checks"]["broker"]) == (503, False)
     api.job_id(api.key_a)
-    text = api.client.get("/metrics").text
+    text = api.client.get("/metrics", headers=api.auth(api.admin)).text
     assert 'lrprobe_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text
     assert 'route="/v1/models"' in text
     assert 'lrprobe_jobs{status="queued"}' in text
