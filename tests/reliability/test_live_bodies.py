@@ -1,0 +1,212 @@
+"""Issue 16, finding 1, against a real uvicorn process: a 300 MB unauthenticated multipart body
+sent to JSON routes is refused with 413 while the API's resident memory grows by under 20 MB,
+and an upload that stalls or trickles is cut off with 408, leaving no temporary file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.db import make_engine, make_sessionmaker
+from tests.reliability.servers import ROOT, free_port, wait_until
+
+BODY_BYTES = 300 * 10**6
+RSS_BUDGET = 20 * 2**20
+IDLE_SECONDS = 2.0
+
+
+@dataclass
+class LiveApi:
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    key: str
+
+    def rss(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} for pid {self.process.pid}")
+
+    def reset_peak(self) -> None:
+        # "5" resets the peak resident size (VmHWM) to the current one (Linux >= 4.0)
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
+    data_dir = tmp_path_factory.mktemp("live")
+    url = f"sqlite:///{data_dir / 'lrprobe.sqlite'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    key = keys.create_key(make_sessionmaker(engine), ApiKeyCreate(name="live")).secret
+    engine.dispose()
+    port = free_port()
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT),
+        "LRPROBE_DATA_DIR": str(data_dir),
+        "LRPROBE_DATABASE_URL": url,
+        "LRPROBE_UPLOAD_IDLE_TIMEOUT_SECONDS": str(IDLE_SECONDS),
+    }
+    log = (data_dir / "api.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory",
+         "lrprobe.service.asgi:app_from_environment", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _up(port), 60, "the API to answer /healthz")
+        yield LiveApi(process, port, data_dir, key)
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Exchange:
+    status: int
+    head: bytes
+    sent: int
+    seconds: float
+
+
+def _exchange(
+    port: int, head: bytes, chunks: Iterator[bytes], pause: float = 0.0, timeout: float = 30.0
+) -> Exchange:
+    """Send ``head`` then ``chunks`` from a thread while reading the answer, so a response sent
+    before the body ends is read even if the server then drops the connection."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sent = [0]
+    stop = threading.Event()
+
+    def send() -> None:
+        try:
+            sock.sendall(head)
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+                if pause:
+                    time.sleep(pause)
+        except OSError:
+            return
+
+    started = time.monotonic()
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        seconds = time.monotonic() - started
+        stop.set()
+        sock.close()
+        sender.join(timeout=timeout)
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return Exchange(int(answer.split()[1]), answer, sent[0], seconds)
+
+
+def _zeros(total: int, size: int = 1 << 20) -> Iterator[bytes]:
+    block = bytes(size)
+    for _ in range(total // size):
+        yield block
+
+
+def _head(path: str, *, length: int | None, extra: str = "") -> bytes:
+    framing = f"Content-Length: {length}\r\n" if length is not None else (
+        "Transfer-Encoding: chunked\r\n"
+    )  # fmt: skip
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\n{framing}{extra}\r\n"
+    ).encode()
+
+
+def _chunked(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    for chunk in chunks:
+        yield f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "declared"),
+    [("/v1/jobs", True), ("/v1/jobs", False), ("/v1/keys", True), ("/ui/sign-in", True)],
+    ids=["jobs-content-length", "jobs-chunked", "keys-content-length", "sign-in"],
+)
+def test_300_mb_unauthenticated_multipart_is_413_with_rss_under_20_mb(
+    live: LiveApi, path: str, declared: bool
+) -> None:
+    before = live.rss()
+    live.reset_peak()
+    body = _zeros(BODY_BYTES)
+    exchange = _exchange(
+        live.port,
+        _head(path, length=BODY_BYTES if declared else None),
+        body if declared else _chunked(body),
+    )
+    peak = live.rss("VmHWM")
+    assert exchange.status == 413, exchange.head
+    assert b"request_too_large" in exchange.head or exchange.head.endswith(b"\r\n\r\n")
+    grew = peak - before
+    print(
+        f"{path} declared={declared}: 413 after {exchange.seconds:.2f} s, "
+        f"{exchange.sent / 2**20:.1f} MiB taken by the socket, peak RSS +{grew / 2**20:.1f} MiB"
+    )
+    assert grew < RSS_BUDGET, grew
+    assert list((live.data_dir / "tmp").iterdir()) == []
+
+
+def _upload_head(live: LiveApi) -> bytes:
+    return _head("/v1/models", length=10 << 20, extra=f"Authorization: Bearer {live.key}\r\n")
+
+
+def _part() -> bytes:
+    return b'--x\r\nContent-Disposition: form-data; name="file"; filename="m.bin"\r\n\r\n'
+
+
+def test_a_stalled_upload_is_cut_off_after_the_idle_timeout(live: LiveApi) -> None:
+    def stall() -> Iterator[bytes]:
+        yield _part() + bytes(1000)
+        time.sleep(IDLE_SECONDS + 10)  # the server must answer before this ends
+
+    exchange = _exchange(live.port, _upload_head(live), stall())
+    assert exchange.status == 408, exchange.head
+    assert exchange.seconds < IDLE_SECONDS + 5, exchange.seconds
+    wait_until(lambda: list((live.data_dir / "tmp").iterdir()) == [], 5, "the temp file to go")
+
+
+def test_an_upload_trickling_below_the_minimum_rate_is_cut_off(live: LiveApi) -> None:
+    def trickle() -> Iterator[bytes]:
+        yield _part()
+        for _ in range(200):
+            yield bytes(100)  # 100 bytes every 0.25 s: 400 bytes/s, under 16 KiB/s
+
+    exchange = _exchange(live.port, _upload_head(live), trickle(), pause=0.25)
+    assert exchange.status == 408, exchange.head
+    assert exchange.seconds < IDLE_SECONDS + 5, exchange.seconds
+    wait_until(lambda: list((live.data_dir / "tmp").iterdir()) == [], 5, "the temp file to go")
