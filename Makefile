@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint format bench bench-core run clean
+.PHONY: install test fuzz lint format bench bench-core run clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest
+
+# The hostile-input fuzzer with a long random budget (`make test` runs 25 fixed examples per
+# target); a failure prints the smallest input that breaks the service.
+fuzz: install
+	LRPROBE_FUZZ_EXAMPLES=1000 $(PY) -m pytest tests/reliability/test_fuzz_inputs.py -q
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -22,14 +22,19 @@ streams.
 from __future__ import annotations
 
 import ast
+import bz2
+import gzip
+import io
 import logging
+import lzma
 import math
 import pickletools
 import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
@@ -59,6 +64,8 @@ MAX_PICKLE_BYTES = 64 << 20
 # compress.
 MAX_EXPANSION_RATIO = 50
 _RATIO_SLACK_BYTES = 1 << 20
+# Headers of many small members add to what a tar decompresses to, beyond its members' sizes.
+_STREAM_SLACK_BYTES = 16 << 20
 _SAFE_FORMATS = "a .safetensors state dict with an architecture name"
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # Bits per element of safetensors' dtypes (the sub-byte float formats included).
@@ -464,17 +471,79 @@ def _inspect_checkpoint_zip(
     raise _unsupported("The zip archive is neither a model folder nor a torch.save file")
 
 
+class _CappedStream(io.RawIOBase):
+    """A tar's decompressed stream that refuses to go past ``cap`` bytes, before reading them:
+    tarfile reads a pax header whole, at the size the header declares, so a few hundred KB of
+    gzip could otherwise make it hold gigabytes of zeros in memory."""
+
+    def __init__(self, inner: Any, cap: int) -> None:
+        self.inner = inner
+        self.cap = cap
+        self.pos = 0
+
+    def _check(self, end: int) -> None:
+        if end > self.cap:
+            raise _unsafe_archive(
+                f"The archive decompresses past {self.cap} bytes, far more than its size "
+                "explains (a decompression bomb)"
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.cap - self.pos + 1
+        self._check(self.pos + size if size > _STREAM_SLACK_BYTES else self.pos)
+        data: bytes = self.inner.read(size)
+        self.pos += len(data)
+        self._check(self.pos)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR):
+            raise OSError("a compressed tar is not read from its end")
+        target = offset if whence == io.SEEK_SET else self.pos + offset
+        self._check(target)
+        self.pos = self.inner.seek(target)
+        return self.pos
+
+
+@contextmanager
+def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
+    with path.open("rb") as f:
+        magic = f.read(6)
+    opener: Any = open
+    if magic.startswith(b"\x1f\x8b"):
+        opener = gzip.open
+    elif magic.startswith(b"BZh"):
+        opener = bz2.open
+    elif magic.startswith(b"\xfd7zXZ\x00"):
+        opener = lzma.open
+    cap = MAX_EXPANSION_RATIO * path.stat().st_size + _STREAM_SLACK_BYTES
+    with opener(path, "rb") as raw:
+        stream = _CappedStream(raw, cap)
+        with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
+            yield tf
+
+
 def _inspect_hf_tar(path: Path) -> CheckpointInfo:
     """The zip checks, for tar: names, links, duplicates, member count and expansion. Each
     header is checked before the next is read, so a compressed tar that declares huge members
-    is refused before they are decompressed."""
+    is refused before they are decompressed, and the decompressed stream itself is capped."""
     archive_size = path.stat().st_size
     members: list[str] = []
     seen: set[str] = set()
     config: dict[str, bytes] = {}
     total = 0
     try:
-        with tarfile.open(path, "r:*") as tf:
+        with _open_tar(path) as tf:
             for member in tf:
                 _check_member_name(member.name)
                 if not (member.isfile() or member.isdir()):
@@ -496,7 +565,7 @@ def _inspect_hf_tar(path: Path) -> CheckpointInfo:
                     handle = tf.extractfile(member)
                     if handle is not None and member.size <= MAX_CONFIG_JSON_BYTES:
                         config[member.name] = handle.read(MAX_CONFIG_JSON_BYTES + 1)
-    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error):
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError):
         raise _unsupported("The archive is truncated or corrupt") from None
     return _hf_info(members, lambda n: config.get(n, b""))
 

@@ -3,6 +3,7 @@ finding of the issue; every refusal is a 4xx problem+json and leaves nothing sto
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import struct
@@ -164,15 +165,30 @@ def _tar_with(members: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
+def _pax_bomb() -> bytes:
+    """A pax header declaring 300 MB of zeros: tarfile would read it whole into memory."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = 300 * 10**6
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=9) as gz:
+        gz.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        block = bytes(1 << 20)
+        for _ in range(info.size // len(block) + 1):
+            gz.write(block)
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     ("build", "status", "code"),
     [
         (_tar_bomb, 422, "unsafe_archive"),
+        (_pax_bomb, 422, "unsafe_archive"),
         (_tar_duplicates, 422, "unsafe_archive"),
         (lambda: _tar_with([(f"m/{i}", b"") for i in range(10_001)]), 422, "unsafe_archive"),
         (lambda: _tar_with([("../evil/config.json", b"{}")]), 422, "unsafe_archive"),
     ],
-    ids=["expands-1000x", "duplicate-member", "10001-members", "dotdot"],
+    ids=["expands-1000x", "pax-header-bomb", "duplicate-member", "10001-members", "dotdot"],
 )
 def test_tar_archives_get_the_zip_checks_at_upload(
     api: RunningApi, build: object, status: int, code: str
@@ -180,6 +196,20 @@ def test_tar_archives_get_the_zip_checks_at_upload(
     content = build()  # type: ignore[operator]
     problem(api.upload_model(api.key_a, content, filename="m.tar.gz"), status, code)
     stored_nothing(api)
+
+
+@pytest.mark.parametrize("build", [_tar_bomb, _pax_bomb, _tar_duplicates], ids=["expands",
+                         "pax-header-bomb", "duplicate-member"])  # fmt: skip
+def test_tar_archives_get_the_zip_checks_in_the_worker(tmp_path: Path, build: object) -> None:
+    from lrprobe.worker.intake.checkpoint_archives import extract_members
+    from lrprobe.worker.intake.errors import IntakeError
+
+    archive = tmp_path / "m.tar.gz"
+    archive.write_bytes(build())  # type: ignore[operator]
+    with pytest.raises(IntakeError) as caught:
+        extract_members(archive, tmp_path / "out", max_bytes=1 << 30, select=set)
+    assert caught.value.code == "unsafe_archive", caught.value
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
 
 
 def _nested(levels: int) -> str:

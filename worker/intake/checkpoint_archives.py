@@ -5,11 +5,17 @@ backslashes or drive letters (they mean something else on another OS), no duplic
 readers may pick different copies), no links or device files (they point outside the target
 folder), no encrypted members. Sizes are checked twice: the declared total before extracting
 (cheap refusal of zip bombs, including a ratio cap against archives that expand far beyond
-their size), and the bytes actually written while streaming (declared sizes can lie).
+their size), and the bytes actually written while streaming (declared sizes can lie). A
+compressed tar is read through a stream capped at that same ratio, so what tarfile reads whole
+(a pax header, at the size it declares) cannot exhaust memory either.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
+import lzma
 import stat
 import tarfile
 import zipfile
@@ -18,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from lrprobe.worker.intake.errors import IntakeError
 
@@ -29,6 +35,7 @@ MAX_EXPANSION_RATIO = 50
 """Weights barely compress; an archive that expands further than this is a bomb."""
 
 _RATIO_SLACK_BYTES = 1 << 20
+_STREAM_SLACK_BYTES = 16 << 20  # tar headers of many small members, beyond their sizes
 _COPY_CHUNK = 1 << 20
 
 
@@ -205,12 +212,70 @@ def extract_members(
         return sorted(chosen)
 
 
+class _CappedStream(io.RawIOBase):
+    """A tar's decompressed stream that refuses to go past ``cap`` bytes, checked before a
+    large read or a seek is done."""
+
+    def __init__(self, inner: Any, cap: int) -> None:
+        self.inner = inner
+        self.cap = cap
+        self.pos = 0
+
+    def _check(self, end: int) -> None:
+        if end > self.cap:
+            raise _unsafe(
+                f"The archive decompresses past {self.cap} bytes, far more than its size "
+                "explains (a decompression bomb)"
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.cap - self.pos + 1
+        self._check(self.pos + size if size > _STREAM_SLACK_BYTES else self.pos)
+        data: bytes = self.inner.read(size)
+        self.pos += len(data)
+        self._check(self.pos)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR):
+            raise OSError("a compressed tar is not read from its end")
+        target = offset if whence == io.SEEK_SET else self.pos + offset
+        self._check(target)
+        self.pos = self.inner.seek(target)
+        return self.pos
+
+
+def _decompressor(archive: Path) -> Any:
+    with archive.open("rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open
+    if magic.startswith(b"BZh"):
+        return bz2.open
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open
+    return open
+
+
 @contextmanager
 def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    cap = MAX_EXPANSION_RATIO * archive.stat().st_size + _STREAM_SLACK_BYTES
     try:
-        with tarfile.open(archive, mode="r:*") as tf:
-            yield tf
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        with _decompressor(archive)(archive, "rb") as raw:
+            stream = _CappedStream(raw, cap)
+            with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
+                yield tf
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise IntakeError(
             "unsupported_checkpoint",
             f"The archive could not be read as a zip or tar, or is truncated ({exc}); send the "
