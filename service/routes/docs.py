@@ -21,6 +21,7 @@ ASSETS = {
         "text/javascript; charset=utf-8",
     ),
     "swagger-init.js": (_OWN / "swagger-init.js", "text/javascript; charset=utf-8"),
+    "favicon-32x32.png": (Path(swagger_ui_path) / "favicon-32x32.png", "image/png"),
 }
 # Swagger UI sets style attributes from script, hence 'unsafe-inline' for styles only; no
 # inline script, no eval, nothing from another origin.
@@ -35,6 +36,7 @@ _PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>lrprobe API</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon-32x32.png">
 </head>
 <body>
 <div id="swagger-ui"></div>

@@ -210,3 +210,31 @@ def test_an_upload_trickling_below_the_minimum_rate_is_cut_off(live: LiveApi) ->
     assert exchange.status == 408, exchange.head
     assert exchange.seconds < IDLE_SECONDS + 5, exchange.seconds
     wait_until(lambda: list((live.data_dir / "tmp").iterdir()) == [], 5, "the temp file to go")
+
+
+def test_swagger_ui_renders_from_local_assets_under_its_csp(live: LiveApi) -> None:
+    from tests.e2e.test_dashboard_browser import BROWSER_ARGS, CHROMIUM, _require_browser
+
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    base = f"http://127.0.0.1:{live.port}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            elsewhere: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith((base, "data:")) else elsewhere.append(r.url),
+            )
+            page.goto(f"{base}/docs")
+            page.wait_for_selector(".opblock", timeout=20_000)  # the operations are listed
+            assert page.locator(".opblock").count() >= 10
+        finally:
+            browser.close()
+    assert elsewhere == [], elsewhere
+    assert problems == [], problems
