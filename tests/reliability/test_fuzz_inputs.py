@@ -279,6 +279,28 @@ def test_fuzzed_dataset_uploads_never_fail_the_server(
     _check(fuzz_api, response, before)
 
 
+def _multipart_body() -> bytes:
+    return (
+        b'--x\r\nContent-Disposition: form-data; name="arch"\r\n\r\nmlp\r\n'
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="m.safetensors"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + safetensors_mlp() + b"\r\n--x--\r\n"
+    )
+
+
+@FUZZ
+@given(body=mutated(_multipart_body()), path=st.sampled_from(["/v1/models", "/v1/datasets"]))
+def test_fuzzed_multipart_framing_never_fails_the_server(
+    fuzz_api: RunningApi, body: bytes, path: str
+) -> None:
+    before = _stored(fuzz_api)
+    response = fuzz_api.client.post(
+        path,
+        headers=fuzz_api.auth(fuzz_api.key_a) | {"Content-Type": "multipart/form-data; boundary=x"},
+        content=body,
+    )
+    _check(fuzz_api, response, before)
+
+
 VALID_SPEC: dict[str, Any] = {
     "data": "builtin://digits",
     "loss": "cross_entropy",

@@ -181,6 +181,30 @@ def test_300_mb_unauthenticated_multipart_is_413_with_rss_under_20_mb(
     assert list((live.data_dir / "tmp").iterdir()) == []
 
 
+def test_a_300_mb_upload_without_a_key_is_401_before_its_body_is_read(live: LiveApi) -> None:
+    before = live.rss()
+    live.reset_peak()
+    exchange = _exchange(
+        live.port, _head("/v1/models", length=BODY_BYTES), _zeros(BODY_BYTES), timeout=10
+    )
+    grew = live.rss("VmHWM") - before
+    assert exchange.status == 401, exchange.head
+    assert grew < RSS_BUDGET, grew
+    assert list((live.data_dir / "tmp").iterdir()) == []
+
+
+def test_hsts_only_when_a_trusted_proxy_says_the_request_came_over_https(live: LiveApi) -> None:
+    base = f"http://127.0.0.1:{live.port}"
+    plain = httpx.get(f"{base}/healthz")
+    # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 only (--forwarded-allow-ips)
+    proxied = httpx.get(f"{base}/healthz", headers={"X-Forwarded-Proto": "https"})
+    assert "strict-transport-security" not in plain.headers
+    assert proxied.headers["strict-transport-security"].startswith("max-age=")
+    for response in (plain, proxied):
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
 def _upload_head(live: LiveApi) -> bytes:
     return _head("/v1/models", length=10 << 20, extra=f"Authorization: Bearer {live.key}\r\n")
 
