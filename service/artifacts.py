@@ -71,6 +71,12 @@ class ArtifactStore:
             self.fs.put_file(os.fspath(source), key)
         return key
 
+    def delete(self, sha256: str) -> None:
+        """Remove the artifact (nothing if it is not there)."""
+        key = self.key(sha256)
+        if self.fs.exists(key):
+            self.fs.rm_file(key)
+
 
 def local_path(settings: Settings, sha256: str) -> Path:
     """The artifact ``sha256`` of ``settings``' store as a local file: its own path in a local

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,46 @@ def parse_arch_config(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
+Out = TypeVar("Out")
+
+
+def _store_and_record(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    upload: ReceivedFile,
+    row: ModelArtifact | DatasetArtifact,
+    out: Callable[[Any], Out],
+) -> Out:
+    """Store the file, then its row. If the row cannot be written, a file this call added is
+    removed again (unless another row took it meanwhile), so a refused upload leaves nothing."""
+    existed = store.exists(upload.sha256)
+    store.put(upload.path, upload.sha256)
+    try:
+        with sessions.begin() as session:
+            session.add(row)
+            session.flush()
+            return out(row)
+    except Exception:
+        if not existed:
+            _forget_unreferenced(sessions, store, upload.sha256)
+        raise
+
+
+def _forget_unreferenced(
+    sessions: sessionmaker[Session], store: ArtifactStore, sha256: str
+) -> None:
+    try:
+        with sessions() as session:
+            used = any(
+                session.scalar(select(table.id).where(table.sha256 == sha256).limit(1))
+                for table in (ModelArtifact, DatasetArtifact)
+            )
+    except Exception:  # the database is unreachable: keep the file rather than guess
+        return
+    if not used:
+        store.delete(sha256)
+
+
 def model_out(row: ModelArtifact) -> ModelOut:
     return ModelOut.model_validate(row, from_attributes=True)
 
@@ -72,42 +113,36 @@ def register_model(
         arch_config=parse_arch_config(arch_config),
         allow_pt2=allow_pt2,
     )
-    store.put(upload.path, upload.sha256)
-    with sessions.begin() as session:
-        row = ModelArtifact(
-            id=new_id(),
-            owner_id=owner.id,
-            sha256=upload.sha256,
-            filename=upload.filename[:500],
-            size_bytes=upload.size,
-            format=info.format,
-            arch=info.arch,
-            arch_config=info.arch_config,
-            num_params=info.num_params,
-            groups=info.groups,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        return model_out(row)
+    row = ModelArtifact(
+        id=new_id(),
+        owner_id=owner.id,
+        sha256=upload.sha256,
+        filename=upload.filename[:500],
+        size_bytes=upload.size,
+        format=info.format,
+        arch=info.arch,
+        arch_config=info.arch_config,
+        num_params=info.num_params,
+        groups=info.groups,
+        created_at=utcnow(),
+    )
+    return _store_and_record(sessions, store, upload, row, model_out)
 
 
 def register_dataset(
     sessions: sessionmaker[Session], store: ArtifactStore, owner: Principal, upload: ReceivedFile
 ) -> DatasetOut:
     info = inspect_dataset(upload.path, upload.filename)
-    store.put(upload.path, upload.sha256)
-    with sessions.begin() as session:
-        row = DatasetArtifact(
-            id=new_id(),
-            owner_id=owner.id,
-            sha256=upload.sha256,
-            filename=upload.filename[:500],
-            size_bytes=upload.size,
-            format=info.format,
-            created_at=utcnow(),
-        )
-        session.add(row)
-        return dataset_out(row)
+    row = DatasetArtifact(
+        id=new_id(),
+        owner_id=owner.id,
+        sha256=upload.sha256,
+        filename=upload.filename[:500],
+        size_bytes=upload.size,
+        format=info.format,
+        created_at=utcnow(),
+    )
+    return _store_and_record(sessions, store, upload, row, dataset_out)
 
 
 def get_model(sessions: sessionmaker[Session], owner: Principal, model_id: str) -> ModelOut:

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.numpy import save as save_safetensors
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from lrprobe.service import lifecycle
 from lrprobe.service.auth_throttle import FailedAuthThrottle
@@ -331,6 +332,27 @@ def test_corrupt_or_hostile_checkpoints_are_4xx_and_store_nothing(
     response = api.upload_model(api.key_a, content, **fields)
     body = problem(response, (415, 422))
     assert body["code"] != "internal_error", body
+    stored_nothing(api)
+
+
+def test_a_row_that_cannot_be_written_takes_its_new_artifact_with_it(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    from lrprobe.service import uploads
+    from lrprobe.service.artifacts import ArtifactStore
+    from lrprobe.service.keys import Principal
+    from lrprobe.service.upload_stream import ReceivedFile
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors_mlp())
+    upload = ReceivedFile(path, "m.safetensors", path.stat().st_size, "ab" * 32)
+    store = ArtifactStore(api.settings.resolved_artifact_url)
+    ghost = Principal(id="no-such-key", admin=False)  # the foreign key refuses the row
+    with pytest.raises(IntegrityError):
+        uploads.register_model(
+            api.sessions, store, ghost, upload, arch=None, arch_config=None, allow_pt2=False
+        )
+    assert not store.exists(upload.sha256)
     stored_nothing(api)
 
 
