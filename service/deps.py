@@ -58,6 +58,7 @@ SessionsDep = Annotated[sessionmaker[Session], Depends(_sessions)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An lrprobe API key (lrp_…).")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def throttled(services: Services, address: str) -> None:
@@ -71,9 +72,7 @@ def throttled(services: Services, address: str) -> None:
 
 
 async def current_key(
-    request: Request,
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, services: ServicesDep, credentials: Credentials
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise UnauthorizedError(
@@ -96,7 +95,6 @@ async def current_key(
 
 
 CurrentKey = Annotated[Principal, Depends(current_key)]
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _admin_key(key: CurrentKey) -> Principal:

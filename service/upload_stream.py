@@ -33,7 +33,7 @@ from lrprobe.service.settings import Settings
 MAX_FIELD_BYTES = 1 << 20
 MAX_FIELDS = 16
 _MULTIPART_SLACK = 64 << 10  # boundaries, part headers and small form fields
-_CONTROL = dict.fromkeys(range(32))  # NUL and other control characters never reach a name
+_CONTROL = dict.fromkeys([*range(32), 127])  # NUL and other control characters: never in a name
 
 
 @dataclass(frozen=True)
