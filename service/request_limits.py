@@ -10,13 +10,15 @@ Every route has a body limit whatever the ``Content-Type``:
   here or by those routes (415); under ``/v1/`` a body must be JSON, under ``/ui/`` an
   urlencoded form.
 
-A body that stops arriving for ``idle_timeout_s`` gets a 408, so a client cannot hold a request
-open by trickling bytes.
+A body that stops arriving for ``idle_timeout_s``, or that after that long arrives slower than
+``min_bytes_per_s`` on average, gets a 408, so a client cannot hold a request open by trickling
+bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -55,11 +57,16 @@ class _TimeoutError(Exception):
 
 class RequestLimitsMiddleware:
     def __init__(
-        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, idle_timeout_s: float = 30.0
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        idle_timeout_s: float = 30.0,
+        min_bytes_per_s: float = 16 << 10,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.min_bytes_per_s = min_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,7 +94,8 @@ class RequestLimitsMiddleware:
                 scope,
                 send,
                 RequestTimeoutError(
-                    f"The request body stopped arriving for {self.idle_timeout_s:g} s; send it "
+                    f"The request body stopped arriving, or arrived slower than "
+                    f"{self.min_bytes_per_s:g} bytes/s after {self.idle_timeout_s:g} s; send it "
                     "again in one go."
                 ),
             )
@@ -104,6 +112,7 @@ class RequestLimitsMiddleware:
     async def _read(self, receive: Receive, limit: int) -> bytes | None:
         """The whole body, or None once it passes ``limit``."""
         body = bytearray()
+        start = time.monotonic()
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.idle_timeout_s)
@@ -112,6 +121,9 @@ class RequestLimitsMiddleware:
             if message["type"] != "http.request":
                 break
             body += message.get("body", b"")
+            elapsed = time.monotonic() - start
+            if elapsed > self.idle_timeout_s and len(body) < self.min_bytes_per_s * elapsed:
+                raise _TimeoutError
             if len(body) > limit:
                 return None
             if not message.get("more_body", False):

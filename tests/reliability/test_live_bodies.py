@@ -1,6 +1,7 @@
 """Issue 16, finding 1, against a real uvicorn process: a 300 MB unauthenticated multipart body
 sent to JSON routes is refused with 413 while the API's resident memory grows by under 20 MB,
-and an upload that stalls or trickles is cut off with 408, leaving no temporary file."""
+and a body (upload or JSON) that stalls or trickles is cut off with 408, leaving no temporary
+file."""
 
 from __future__ import annotations
 
@@ -205,32 +206,44 @@ def test_hsts_only_when_a_trusted_proxy_says_the_request_came_over_https(live: L
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-def _upload_head(live: LiveApi) -> bytes:
-    return _head("/v1/models", length=10 << 20, extra=f"Authorization: Bearer {live.key}\r\n")
+def _slow_head(live: LiveApi, path: str) -> bytes:
+    kind = "multipart/form-data; boundary=x" if path == "/v1/models" else "application/json"
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {10 << 20 if path == '/v1/models' else 100_000}\r\n"
+        f"Authorization: Bearer {live.key}\r\n\r\n"
+    ).encode()
 
 
-def _part() -> bytes:
-    return b'--x\r\nContent-Disposition: form-data; name="file"; filename="m.bin"\r\n\r\n'
+def _opening(path: str) -> bytes:
+    if path == "/v1/models":
+        return b'--x\r\nContent-Disposition: form-data; name="file"; filename="m.bin"\r\n\r\n'
+    return b'{"label": "'
 
 
-def test_a_stalled_upload_is_cut_off_after_the_idle_timeout(live: LiveApi) -> None:
+SLOW_ROUTES = pytest.mark.parametrize("path", ["/v1/models", "/v1/jobs"], ids=["upload", "json"])
+
+
+@SLOW_ROUTES
+def test_a_stalled_body_is_cut_off_after_the_idle_timeout(live: LiveApi, path: str) -> None:
     def stall() -> Iterator[bytes]:
-        yield _part() + bytes(1000)
+        yield _opening(path) + b"a" * 1000
         time.sleep(IDLE_SECONDS + 10)  # the server must answer before this ends
 
-    exchange = _exchange(live.port, _upload_head(live), stall())
+    exchange = _exchange(live.port, _slow_head(live, path), stall())
     assert exchange.status == 408, exchange.head
     assert exchange.seconds < IDLE_SECONDS + 5, exchange.seconds
     wait_until(lambda: list((live.data_dir / "tmp").iterdir()) == [], 5, "the temp file to go")
 
 
-def test_an_upload_trickling_below_the_minimum_rate_is_cut_off(live: LiveApi) -> None:
+@SLOW_ROUTES
+def test_a_body_trickling_below_the_minimum_rate_is_cut_off(live: LiveApi, path: str) -> None:
     def trickle() -> Iterator[bytes]:
-        yield _part()
+        yield _opening(path)
         for _ in range(200):
-            yield bytes(100)  # 100 bytes every 0.25 s: 400 bytes/s, under 16 KiB/s
+            yield b"a" * 100  # 100 bytes every 0.25 s: 400 bytes/s, under 16 KiB/s
 
-    exchange = _exchange(live.port, _upload_head(live), trickle(), pause=0.25)
+    exchange = _exchange(live.port, _slow_head(live, path), trickle(), pause=0.25)
     assert exchange.status == 408, exchange.head
     assert exchange.seconds < IDLE_SECONDS + 5, exchange.seconds
     wait_until(lambda: list((live.data_dir / "tmp").iterdir()) == [], 5, "the temp file to go")
