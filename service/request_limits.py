@@ -47,9 +47,6 @@ UPLOAD_ROUTES = frozenset(
 SIGN_IN_ROUTE = ("POST", "/ui/sign-in")
 _FORM = "application/x-www-form-urlencoded"
 
-# Re-exported for callers that caught it here before it moved to ``errors``.
-__all__ = ["MAX_BODY_BYTES", "UPLOAD_ROUTES", "RequestLimitsMiddleware", "RequestTooLargeError"]
-
 
 class _TimeoutError(Exception):
     pass
