@@ -23,6 +23,8 @@ from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summa
 from lrprobe.worker.newton.trajectory import Trajectory, calibration_losses, run_trajectory
 
 Method = Literal["trajectory", "fixed"]
+# What a progress tick counts: the fixed method's three phases, the trajectory method's two.
+Phase = Literal["second_moment", "summaries", "check", "trajectory", "calibration"]
 
 # A diverging trajectory is run again with rates 10× smaller, at most this many times in all.
 _TRAJECTORY_ATTEMPTS = 3
@@ -34,7 +36,7 @@ _SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
 class ProbeProgress:
     done: int
     total: int
-    phase: str  # "second_moment" | "summaries" | "check"
+    phase: Phase
 
 
 def probe(
@@ -346,7 +348,7 @@ class _Meter:
         if third_order:
             self.passes["third_order"] += s.size + 1
 
-    def tick(self, phase: str) -> None:
+    def tick(self, phase: Phase) -> None:
         self.done += 1
         if self.callback is not None:
             self.callback(ProbeProgress(self.done, self.total, phase))
