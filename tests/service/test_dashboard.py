@@ -7,17 +7,22 @@ import csv
 import html
 import io
 import re
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import update
 
-from lrprobe.service import lifecycle
+from lrprobe.service import lifecycle, migrate
 from lrprobe.service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
 from lrprobe.service.dashboard.session import SESSION_COOKIE
 from lrprobe.service.models import ApiKey, Job, utcnow
-from tests.service.api_support import RunningApi, probe_result
+from tests.service.api_support import RunningApi, probe_result, start_api
+from tests.service.conftest import POSTGRES_ADMIN
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -235,12 +240,33 @@ def test_uploading_a_checkpoint_selects_it(api: RunningApi) -> None:
     assert re.search(r'<option value="\w+" selected>mlp · m.safetensors', response.text)
 
 
-def test_the_example_job_is_submitted_once_on_an_empty_database(api: RunningApi) -> None:
-    if not api.settings.resolved_database_url.startswith("sqlite"):
-        pytest.skip("the module's PostgreSQL database is shared, so it is not empty")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningApi]:
+    """The app on a freshly migrated database of its own (the module's PostgreSQL database is
+    shared by its tests, so it is not empty)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    else:
+        name = f"lrprobe_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        server = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        url = f"{server}/{name}"
+    try:
+        migrate.upgrade(url)
+        with start_api(url, tmp_path) as running:
+            yield running
+    finally:
+        if request.param == "postgresql":
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_example_job_is_submitted_once_on_an_empty_database(empty_api: RunningApi) -> None:
+    api = empty_api
     job_id = ensure_example_job(api.settings, api.queue)
 
-    assert job_id is not None and api.queue.sent[0][0] == job_id
+    assert job_id is not None and api.queue.sent == [(job_id, None)]
     assert ensure_example_job(api.settings, api.queue) is None
     job = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(api.admin))
     assert job.status_code == 200 and job.json()["label"] == EXAMPLE_LABEL
