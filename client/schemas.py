@@ -445,9 +445,22 @@ class Recommendation(BaseModel):
     hessian_eigenvalues: list[float | None] = Field(default_factory=list)
     coupling: list[list[float | None]] = Field(default_factory=list)
     predicted_decrease: dict[str, float | None] = Field(default_factory=dict)
-    scale_checks: list[ScaleCheck] = Field(default_factory=list)
+    scale_checks: list[ScaleCheck] = Field(
+        default_factory=list,
+        description="method 'fixed': predicted and realised held-out loss change per step scale; "
+        "method 'trajectory': calibration runs, whose 'realised' is the training-loss change of "
+        "a short run at each candidate scale ('predicted' is null).",
+    )
     cost: Cost
     notes: list[str] = Field(default_factory=list)
+    method: str = Field(
+        "fixed", description="How the rates were found: 'trajectory' (the default) or 'fixed'."
+    )
+    trajectory_losses: list[float | None] = Field(
+        default_factory=list,
+        description="The training loss at each step of the probe's trajectory (method "
+        "'trajectory'; empty for 'fixed').",
+    )
 
     @property
     def lrs(self) -> dict[str, float | None]:

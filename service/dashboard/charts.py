@@ -376,6 +376,50 @@ def scale_check_chart(checks: Sequence[ScaleCheck]) -> Markup:
     return Markup("".join(parts))
 
 
+def calibration_chart(checks: Sequence[ScaleCheck], chosen: float | None) -> Markup:
+    """The trajectory method's calibration runs: for each candidate scale, the change of the
+    training loss over a short run of the optimizer at that scale (one bar each; nothing here is
+    a prediction). ``chosen``: the scale the recommendation uses, marked."""
+    if not checks:
+        return Markup("")
+    changes = [c.realised for c in checks if c.realised is not None]
+    peak = max((abs(v) for v in changes), default=1.0) or 1.0
+    label_w, right, row = 70, HALF - 90, 24
+    top = 8
+    height = top + row * len(checks) + 8
+    parts = [
+        _open(
+            HALF, height, "Training-loss change per candidate scale",
+            "For each candidate scale of the recommended rates: how much the training loss "
+            "changed over a short calibration run of the optimizer (a bar to the right: it fell).",
+            "scale-chart",
+        )
+    ]  # fmt: skip
+    for i, check in enumerate(checks):
+        y = top + row * i
+        mark = " (chosen)" if chosen is not None and check.scale == chosen else ""
+        parts.append(
+            f'<text class="bar-label" x="{label_w - 8}" y="{y + 14}" text-anchor="end">'
+            f"× {fmt(check.scale, 2)}</text>"
+        )
+        if check.realised is None:
+            parts.append(
+                f'<text class="value warn" x="{label_w + 4}" y="{y + 14}">diverged{mark}</text>'
+            )
+            continue
+        decrease = -check.realised
+        w = abs(decrease) / peak * (right - label_w)
+        parts.append(
+            f'<rect class="realised{" increase" if decrease < 0 else ""}" x="{label_w}" '
+            f'y="{y + 2}" width="{max(1.0, w):.1f}" height="16"><title>training-loss change '
+            f"at scale {fmt(check.scale)}: {fmt(check.realised)}</title></rect>"
+            f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + 14}">'
+            f"{fmt(check.realised)}{mark}</text>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def loss_line(losses: Sequence[float | None]) -> Markup:
     """The training loss along the probe's trajectory (a small line chart)."""
     points = [(i, v) for i, v in enumerate(losses) if v is not None and math.isfinite(v)]

@@ -144,6 +144,42 @@ def test_a_job_page_draws_the_recommendation(api: RunningApi) -> None:
     assert "torch.optim.SGD(param_groups, lr=0.1)" in page
 
 
+def test_calibration_runs_are_shown_as_training_loss_changes_not_predictions(
+    api: RunningApi,
+) -> None:
+    sign_in(api, api.key_a)
+    calibration = [
+        {"scale": 0.1, "predicted": None, "realised": -0.05},
+        {"scale": 0.3, "predicted": None, "realised": -0.2},
+        {"scale": 1.0, "predicted": None, "realised": None},  # diverged: stored as null
+    ]
+    job_id = finished_job(
+        api, api.key_a,
+        two_groups(method="trajectory", scale=0.3, scale_checks=calibration,
+                   trajectory_losses=[2.3, 2.1, 1.9]),
+    )  # fmt: skip
+
+    page = html.unescape(api.client.get(f"/ui/jobs/{job_id}").text)
+
+    assert "Training-loss change per candidate scale" in page
+    assert "Predicted vs realised" not in page
+    assert page.count('<rect class="realised') == 2 and '<rect class="predicted' not in page
+    assert "-0.2 (chosen)" in page and "diverged" in page
+    assert "Loss along the probe trajectory" in page and page.count('class="loss-point"') == 3
+
+
+def test_held_out_checks_of_the_fixed_method_are_predicted_vs_realised(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = finished_job(api, api.key_a, two_groups(method="fixed", trajectory_losses=[]))
+
+    page = api.client.get(f"/ui/jobs/{job_id}").text
+
+    assert "Predicted vs realised loss decrease" in page and "candidate scale" not in page
+    # the legend's two swatches, and the one check's pair of bars
+    assert page.count('<rect class="predicted') == page.count('<rect class="realised') == 2
+    assert 'class="loss-point"' not in page
+
+
 def test_a_failed_job_shows_its_code_and_advice(api: RunningApi) -> None:
     sign_in(api, api.key_a)
     job_id = api.job_id(api.key_a)
