@@ -134,11 +134,7 @@ class _Tree:
     def _lookup(self, table: Mapping[tuple[str, str], _T], module: str, callee: str) -> _T | None:
         """``callee``'s entry: its definition in this module if there is one, else the one
         value every definition of that name agrees on."""
-        if any(
-            isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-            and n.name == callee
-            for n in self.modules[module].body
-        ):
+        if any(isinstance(n, _DEFINITIONS) and n.name == callee for n in self.modules[module].body):
             return table.get((module, callee))
         found = {v for (_, n), v in table.items() if n == callee}
         return found.pop() if len(found) == 1 else None
