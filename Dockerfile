@@ -15,7 +15,7 @@ COPY lrprobe ./lrprobe
 
 FROM base AS api
 # The service never imports torch (import-linter enforces it), so its image does without.
-RUN pip install '.[service,cli]'
+RUN pip install '.[service]'
 USER lrprobe
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --retries=5 \
