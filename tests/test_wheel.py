@@ -57,17 +57,30 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("wheel")
 
 
+def dockerfile_sources() -> list[str]:
+    """The paths the Dockerfile copies into the image before it runs ``pip install .``."""
+    sources = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--") for p in parts):
+            *copied, dest = parts[1:]
+            assert dest in ("./", f"./{copied[0]}"), line  # the layout is kept as it is
+            sources += copied
+    return sources
+
+
 @pytest.fixture(scope="module")
 def wheel(work: Path) -> Path:
-    """The wheel, built from a copy of the checkout so the build leaves nothing in it."""
+    """The wheel, built from what the Dockerfile copies (so the images build too), in a folder
+    of its own so the build leaves nothing in the checkout."""
     source = work / "source"
-    shutil.copytree(
-        ROOT, source, symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache",
-            ".ruff_cache", "lrprobe-data", "test-artifacts", "tests", "bench",
-        ),
-    )  # fmt: skip
+    source.mkdir()
+    for name in dockerfile_sources():
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))  # fmt: skip
+        else:
+            shutil.copy2(ROOT / name, source / name)
     out = work / "dist"
     _check(_run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, source], work))
     (built,) = out.glob("lrprobe-*.whl")
@@ -80,8 +93,10 @@ def _venv(work: Path, name: str, *requirements: str) -> Path:
     _check(_run([sys.executable, "-m", "venv", "--without-pip", home], work))
     python = home / "bin" / "python"
     for requirement in requirements:  # in order: torch first, pinned
+        # --no-compile: byte-compiling torch's files took most of the install; imports compile
+        # what they use.
         _check(_run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
-                     requirement], work))  # fmt: skip
+                     "--no-compile", requirement], work))  # fmt: skip
     return home / "bin"
 
 

@@ -229,7 +229,8 @@ def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_pat
 
 def test_the_worker_app_loads_and_declares_the_task() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "from worker.celery_app import app; print(sorted(app.tasks))"],
+        [sys.executable, "-c",
+         "from lrprobe.worker.celery_app import app; print(sorted(app.tasks))"],
         cwd=ROOT, capture_output=True, text=True, check=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
         | {"LRPROBE_DATA_DIR": "/nonexistent-lrprobe"},
