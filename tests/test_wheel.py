@@ -54,6 +54,8 @@ def _check(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # About 1 GB (one environment holds torch). pytest keeps only its last three base temporary
+    # folders; deleting it here instead took 100 s of the run on the loaded test machine.
     return tmp_path_factory.mktemp("wheel")
 
 
