@@ -9,6 +9,7 @@ import typer
 
 from lrprobe.cli import options as opt
 from lrprobe.cli.errors import fail
+from lrprobe.cli.extras import require_extra
 
 
 def probe_command(
@@ -47,6 +48,7 @@ def probe_command(
     debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False,
 ) -> None:
     """Probe a checkpoint on your data and print one learning rate per layer."""
+    require_extra("worker", "probe")
     from rich.console import Console
 
     from lrprobe.cli.render import print_recommendation, probe_progress

@@ -1,7 +1,7 @@
 """T5: the cubic rule `solve` against its characterisation and a multi-start global search.
 
 m₃(η) = −gᵀη + ½ηᵀHη + (λ/6)‖Dη‖³ with D = Diag(|d3|^{1/3}); the global minimiser satisfies
-(H + (λ/2) r D²) η = g with r = ‖Dη‖ and H + (λ/2) r D² ⪰ 0 (spec §3.2).
+(H + (λ/2) r D²) η = g with r = ‖Dη‖ and H + (λ/2) r D² ⪰ 0 (docs/method.md §3.2).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def random_problem(seed: int, S: int, kind: str, lam: float) -> Problem:
             shift = 0.1 - min(0.0, float(np.linalg.eigvalsh(H[np.ix_(zero, zero)])[0]))
             H[np.ix_(zero, zero)] += shift * np.eye(len(zero))
     d3 = d**3 * rng.choice([-1.0, 1.0], S)
-    if kind == "badly_scaled":  # the per-group rescaling of spec §5: g → Λg, H → ΛHΛ, d → Λd
+    if kind == "badly_scaled":
+        # the per-group rescaling of docs/method.md §5: g → Λg, H → ΛHΛ, d → Λd
         a = 10.0 ** rng.uniform(-3, 3, S)
         H, g, d3 = a[:, None] * H * a[None, :], a * g, a**3 * d3
     return Problem(t((H + H.T) / 2), t(g), t(d3), lam)
@@ -369,8 +370,8 @@ def test_rotated_hard_case_returns_a_global_minimiser() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-group rescaling (spec §5): (Λg, ΛHΛ, Λ³d3) with Λ = Diag(a_s²) gives η' = Λ⁻¹η, whatever
-# the branch that produced η
+# Per-group rescaling (docs/method.md §5): (Λg, ΛHΛ, Λ³d3) with Λ = Diag(a_s²) gives η' = Λ⁻¹η,
+# whatever the branch that produced η
 
 
 def rescaling_cases() -> dict[str, tuple[Summaries, SolveStatus]]:

@@ -1,4 +1,4 @@
-"""The step ``u`` the user's optimizer would take next (with lr = 1), per spec §7.1.
+"""The step ``u`` the user's optimizer would take next (with lr = 1); docs/method.md §1.3.
 
 η multiplies ``u``, so a probe along the optimizer's own direction yields learning rates for that
 optimizer. Nothing here commits optimizer state: buffers are read, never written.

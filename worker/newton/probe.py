@@ -1,4 +1,5 @@
-"""The short grouped-Newton probe of spec §7: from a checkpoint to one learning rate per group."""
+"""The short grouped-Newton probe of docs/method.md §7: from a checkpoint to one learning rate
+per group."""
 
 from __future__ import annotations
 
@@ -73,13 +74,13 @@ def probe(
     ``trajectory_scale · η̄``, where η is re-solved every ``period`` steps on an independent
     batch (Newton with a Levenberg fallback by default), clipped to
     ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
-    (``smoothing``), as the published optimizer does (spec §3.4). η̄ is the median over the
+    (``smoothing``), as the published optimizer does (docs/method.md §3.4). η̄ is the median over the
     second half. λ₁ is then the candidate in ``calibrate`` whose ``calibration_steps``-step run
     from the checkpoint at ``λ₁ · η̄`` ends with the lowest training loss (same batches for
     every candidate); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
     (momentum buffer, Adam step), so there is no ``1 − β`` conversion.
 
-    ``method="fixed"`` (spec §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
+    ``method="fixed"`` (docs/method.md §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
     direction batch gives ``u_k`` (the optimizer's next step with lr = 1) and an independent
     summary batch gives ``ḡ_k, H̄_k, d3_k``. Summaries are averaged and the cubic rule solved
     once; a bootstrap over the K summaries gives 10–90 % intervals. Then ``heldout_batches``
@@ -302,7 +303,8 @@ def _mean(items: Sequence[Summaries]) -> Summaries:
 
 
 def _single_group(s: Summaries) -> Summaries:
-    """The S = 1 problem along the same u: ḡ and H̄ are sums (spec §1.4), D̄ was computed."""
+    """The S = 1 problem along the same u: ḡ and H̄ are sums (docs/method.md §1.4), D̄ was
+    computed."""
     d3 = None if s.d3_total is None else torch.tensor([s.d3_total], dtype=torch.float64)
     return Summaries(g=s.g.sum().reshape(1), H=s.H.sum().reshape(1, 1), d3=d3, loss=s.loss)
 

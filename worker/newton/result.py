@@ -23,7 +23,7 @@ class Spread:
 
 @dataclass(frozen=True)
 class GroupResult:
-    """One group's recommendation and diagnostics (spec §7.2).
+    """One group's recommendation and diagnostics (docs/method.md §7.2).
 
     ``lr`` is what to give the optimizer; ``eta`` is the raw solution of the cubic rule for this
     direction; ``flags`` explain any departure from ``scale · lr_factor · eta``.
@@ -60,7 +60,7 @@ class ScaleCheck:
         return self.realised / self.predicted if self.predicted else math.nan
 
 
-# Cost of each pass kind in forward+backward units (spec §2.3: one group's row of H̄ costs
+# Cost of each pass kind in forward+backward units (docs/method.md §2.3: one group's row of H̄ costs
 # ≈ 1.0–1.3 FB, with the D̄_sss pass ≈ 2.8–2.9; a forward is about a third of an FB).
 PASS_WEIGHTS = {"forward_backward": 1.0, "hessian_vector": 1.2, "third_order": 1.6, "forward": 0.35}
 
