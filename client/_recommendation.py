@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from lrprobe.client._regroup import apply_rates, split_groups
 from lrprobe.client.schemas import Recommendation as RecommendationData
 
 Interval = tuple[float | None, float | None]
@@ -87,18 +88,71 @@ class Recommendation:
 
     # --- applying it ---------------------------------------------------------------------
 
-    def param_groups(self, model: Any, *, default_lr: float | None = None) -> list[dict[str, Any]]:
+    def param_groups(
+        self,
+        model: Any,
+        base: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        default_lr: float | None = None,
+    ) -> list[dict[str, Any]]:
         """``torch.optim`` parameter groups of ``model`` with the recommended learning rates,
         e.g. ``torch.optim.SGD(rec.param_groups(model))``.
 
-        Parameters are matched by name (``model.named_parameters()``). Raises ValueError naming
-        the parameters if the model lacks probed ones or has trainable ones the probe did not
-        cover (not the model that was probed). A group without a finite ``lr`` gets
-        ``default_lr``, else the single-group learning rate.
+        ``base``: the hyperparameters to keep, either one mapping for every parameter
+        (``{"weight_decay": 0.01}``) or the parameter groups you would have built yourself (e.g.
+        weight decay for weights, none for biases and norms); those are split by probe group and
+        keep all their keys but ``lr``. Parameters are matched by name
+        (``model.named_parameters()``). Raises ValueError naming the parameters if the model
+        lacks probed ones or has trainable ones the probe did not cover (not the model that was
+        probed). A group without a finite ``lr`` gets ``default_lr``, else the single-group
+        learning rate.
         """
-        torch = _require("torch", "Recommendation.param_groups needs PyTorch: pip install torch")
+        params = self._check_model(model, "param_groups")
+        if base is None or isinstance(base, Mapping):
+            extra = dict(base or {})
+            return [
+                {
+                    **extra,
+                    "params": [params[n] for n in g.param_names],
+                    "lr": self._lr(g, default_lr),
+                    "name": g.name,
+                }
+                for g in self.groups
+            ]
+        groups, _, _ = split_groups(
+            [{k: v for k, v in g.items() if k != "lr"} for g in base],
+            _ids(model),
+            self._rates(default_lr),
+        )
+        return groups
+
+    def apply(
+        self,
+        optimizer: Any,
+        model: Any,
+        schedulers: Iterable[Any] = (),
+        *,
+        default_lr: float | None = None,
+    ) -> Any:
+        """Put the recommended rates into ``optimizer`` (already built over ``model``), in place.
+
+        Each of its parameter groups is split by probe group and keeps every other
+        hyperparameter (weight decay, betas, …). A schedule keeps running: a group's ``lr``
+        becomes the recommended rate times the schedule's current multiplier (``lr`` over
+        ``initial_lr``), and the per-group lists of ``schedulers`` (``base_lrs``, LambdaLR's
+        ``lr_lambdas``, …) follow the split. Applying again only rescales. Returns ``optimizer``.
+        """
+        self._check_model(model, "apply")
+        apply_rates(optimizer, _ids(model), self._rates(default_lr), schedulers)
+        return optimizer
+
+    def _rates(self, default_lr: float | None) -> dict[str, tuple[str, float]]:
+        return {n: (g.name, self._lr(g, default_lr)) for g in self.groups for n in g.param_names}
+
+    def _check_model(self, model: Any, what: str) -> dict[str, Any]:
+        torch = _require("torch", f"Recommendation.{what} needs PyTorch: pip install torch")
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"param_groups needs a torch.nn.Module, not {type(model).__name__}")
+            raise TypeError(f"{what} needs a torch.nn.Module, not {type(model).__name__}")
         params = dict(model.named_parameters())
         probed = [n for g in self.groups for n in g.param_names]
         missing = [n for n in probed if n not in params]
@@ -114,14 +168,7 @@ class Recommendation:
                 "; ".join(parts) + ": is this the model that was probed (same architecture and "
                 "parameter names)?"
             )
-        return [
-            {
-                "params": [params[n] for n in g.param_names],
-                "lr": self._lr(g, default_lr),
-                "name": g.name,
-            }
-            for g in self.groups
-        ]
+        return params
 
     def _lr(self, group: Group, default_lr: float | None) -> float:
         for value in (group.lr, default_lr, self.single_group_lr):
@@ -214,6 +261,10 @@ def _require(module: str, message: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(message) from None
+
+
+def _ids(model: Any) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
 
 
 def _names(names: list[str]) -> str:

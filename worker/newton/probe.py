@@ -96,8 +96,12 @@ def probe(
         batches: yields at least ``steps + ⌈steps/period⌉ + calibration_steps`` batches
             (trajectory) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
             They should be independent draws (see :func:`minibatches`).
-        optimizer: "sgd" | "momentum" | "adam" | "adamw", an :class:`OptimizerSpec`, or a live
-            ``torch.optim`` optimizer (its hyperparameters and state are used, not changed).
+        optimizer: a name in :data:`OPTIMIZERS` ("sgd", "momentum", "adam", "adamw",
+            "rmsprop", "adagrad", "nadam", "radam", "lion"), an :class:`OptimizerSpec`, or a
+            live optimizer of one of those kinds (its hyperparameters, group by group, and its
+            state are used, not changed). Each parameter's direction uses its own group's
+            hyperparameters. Optimizers whose step is not linear in the learning rate are
+            refused (ValueError saying why).
         partition: a rule for :func:`partition` or explicit groups.
         method: "trajectory" or "fixed".
         steps, period, smoothing, trajectory_scale, bounds: the trajectory (see above);
@@ -228,7 +232,7 @@ def probe(
     if single_note:
         notes.append(single_note)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=rule.description,
         lr_factor=factor,
         scale=scale,
@@ -525,19 +529,6 @@ def _coupling(H: Tensor) -> list[list[float]]:
     return C.tolist()
 
 
-def _hyper(spec: OptimizerSpec) -> dict[str, Any]:
-    if spec.name == "sgd":
-        return {"weight_decay": spec.weight_decay}
-    if spec.name == "momentum":
-        return {
-            "momentum": spec.momentum,
-            "dampening": spec.dampening,
-            "nesterov": spec.nesterov,
-            "weight_decay": spec.weight_decay,
-        }
-    return {"betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
-
-
 def _trajectory_probe(
     model: nn.Module,
     loss_fn: LossFn,
@@ -666,7 +657,7 @@ def _trajectory_probe(
         notes.append(single_note)
     notes += _solver_notes(solution)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
         lr_factor=1.0,
         scale=scale,
