@@ -13,16 +13,33 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+class OptimizerGroupIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    params: list[str] = Field(min_length=1)
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    dampening: float | None = Field(None, ge=0.0, le=1.0)
+    nesterov: bool | None = None
+    betas: tuple[float, float] | None = None
+    eps: float | None = Field(None, gt=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    options: dict[str, float | bool] = Field(default_factory=dict)
+
+
 class OptimizerSpecIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: Literal["sgd", "momentum", "adam", "adamw"] = "sgd"
+    name: Literal[
+        "sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam", "lion"
+    ] = "sgd"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     dampening: float = Field(0.0, ge=0.0, le=1.0)
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    options: dict[str, float | bool] = Field(default_factory=dict)
+    param_groups: list[OptimizerGroupIn] = Field(default_factory=list)
 
 
 class PartitionSpecIn(BaseModel):

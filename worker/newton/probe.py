@@ -136,8 +136,14 @@ def probe(
         else _partition(model, partition, max_groups)
     )
     names = [n for g in groups for n in g.param_names]
-    rule = DirectionRule(spec, optimizer_state, names)
     params = dict(model.named_parameters())
+    unknown = [n for g in spec.param_groups for n in g.params if n not in params]
+    if unknown:
+        raise ValueError(
+            f"the optimizer's parameter groups name parameters the model does not have: "
+            f"{unknown[:5]}; use the names of model.named_parameters()"
+        )
+    rule = DirectionRule(spec, optimizer_state, names)
     device = next(iter(params.values())).device
     if method == "trajectory":
         # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
