@@ -87,7 +87,7 @@ def apply_rates(
     """Split ``optimizer``'s groups in place (see :func:`split_groups`) and stretch the per-group
     lists of ``schedulers`` (``base_lrs``, LambdaLR's ``lr_lambdas``, …) to match, so that a
     schedule goes on multiplying the new base rates."""
-    inner = _unwrap(optimizer)
+    inner = unwrap(optimizer)
     before = len(inner.param_groups)
     groups, origin, factors = split_groups(inner.param_groups, names, rates)
     inner.param_groups[:] = groups  # the same list: wrappers that share it see the change
@@ -95,7 +95,7 @@ def apply_rates(
         _stretch(_unwrap_scheduler(scheduler), before, origin, factors, groups)
 
 
-def _unwrap(optimizer: Any) -> Any:
+def unwrap(optimizer: Any) -> Any:
     """The ``torch.optim`` optimizer inside a framework's wrapper (accelerate, Lightning)."""
     for _ in range(4):
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)

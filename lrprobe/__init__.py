@@ -24,15 +24,17 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 # Public name -> module that defines it; imported on first access only.
 _LAZY = {
+    "Reprobe": "lrprobe.integrations",
     "Client": "lrprobe.client",
     "AsyncClient": "lrprobe.client",
     "probe": "lrprobe.worker.newton",
 }
 
-__all__ = ["AsyncClient", "Client", "__version__", "probe"]
+__all__ = ["AsyncClient", "Client", "Reprobe", "__version__", "probe"]
 
 if TYPE_CHECKING:
     from lrprobe.client import AsyncClient, Client
+    from lrprobe.integrations import Reprobe
     from lrprobe.worker.newton import probe
 
 
