@@ -157,7 +157,7 @@ class Reprobe:
                 )  # fmt: skip
                 self._thread.start()
         else:
-            self._fail(step, "the previous probe is still running; this one was skipped")
+            logger.info("a probe is still running: no new probe at step %d", step)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a running background probe (its result is applied at the next boundary)."""
@@ -188,6 +188,7 @@ class Reprobe:
         try:
             return call()
         except Exception as exc:  # a failed probe must never stop training
+            logger.debug("the probe at step %d failed", step, exc_info=True)
             self._fail(step, f"{type(exc).__name__}: {exc}")
             return None
 

@@ -70,10 +70,12 @@ def _rescale(group: dict[str, Any], lr: float) -> float | None:
             group["initial_lr"] = lr
         return None
     factor = lr / base
-    group["lr"] = group["lr"] * factor if isinstance(group.get("lr"), int | float) else lr
+    current = group.get("lr")
+    # The base itself becomes exactly the recommended rate, not base · (lr / base).
+    group["lr"] = lr if "initial_lr" not in group or current == base else current * factor
     for key in _RATE_KEYS:
         if isinstance(group.get(key), int | float):
-            group[key] = group[key] * factor
+            group[key] = lr if key == "initial_lr" else group[key] * factor
     return factor
 
 
