@@ -3,6 +3,7 @@ table, a DataFrame, JSON. torch and pandas are imported only when asked for."""
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import math
@@ -242,6 +243,55 @@ class Recommendation:
             f"{self.data.cost.device}"
         )
         return "\n".join(lines)
+
+    def plot(self, ax: Any = None) -> Any:
+        """The per-group rates on a log axis, 10–90 % intervals as whiskers, flagged groups
+        marked, and the single-group rate as a dashed line. Needs matplotlib
+        (``pip install 'lrprobe[plot]'``); draws on ``ax`` or a new figure and returns the Axes.
+        """
+        if ax is None:
+            pyplot = _require(
+                "matplotlib.pyplot", "Recommendation.plot needs matplotlib: pip install matplotlib"
+            )
+            ax = pyplot.figure().add_subplot()
+        shown = [g for g in self.groups if g.lr is not None and g.lr > 0]
+        xs = list(range(len(shown)))
+        lows = [g.lr - (g.interval[0] or g.lr) for g in shown]  # type: ignore[operator]
+        highs = [(g.interval[1] or g.lr) - g.lr for g in shown]  # type: ignore[operator]
+        ax.errorbar(
+            xs, [g.lr for g in shown], yerr=[lows, highs], fmt="o", capsize=4,
+            label="recommended lr (10–90 % interval)",
+        )  # fmt: skip
+        flagged = [(x, g.lr) for x, g in zip(xs, shown, strict=True) if g.flags]
+        if flagged:
+            ax.scatter(*zip(*flagged, strict=True), marker="x", s=80, color="C3", label="flagged")
+        if self.single_group_lr:
+            ax.axhline(self.single_group_lr, linestyle="--", color="grey", label="single group")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [g.name for g in shown], rotation=45, ha="right")
+        ax.set_ylabel("learning rate")
+        ax.set_title(f"lrprobe: {self.optimizer.get('name', '?')} per group")
+        ax.legend(fontsize="small")
+        return ax
+
+    def _repr_html_(self) -> str:
+        """A table for notebooks (Jupyter shows it instead of the text repr)."""
+        head = "".join(f"<th>{h}</th>" for h in ("group", "params", "lr", "interval", "flags"))
+        rows = "".join(
+            f"<tr><td>{html.escape(g.name)}</td><td>{g.numel:,}</td><td>{_num(g.lr)}</td>"
+            f"<td>{_interval(g.interval)}</td><td>{html.escape(', '.join(g.flags))}</td></tr>"
+            for g in self.groups
+        )
+        title = f"Recommendation for job {html.escape(self.job_id)}" if self.job_id else (
+            "Recommendation"
+        )  # fmt: skip
+        return (
+            f"<div class='lrprobe'><strong>{title}</strong> "
+            f"({html.escape(str(self.optimizer.get('name', '?')))})"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<p>single-group lr: {_num(self.single_group_lr)} "
+            f"(interval {_interval(self.single_group_interval)})</p></div>"
+        )
 
     def __str__(self) -> str:
         return self.table()
