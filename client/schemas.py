@@ -274,6 +274,17 @@ class JobCreate(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     device: DeviceName = "auto"
     label: str | None = Field(None, max_length=200, description="A free-form name for the job.")
+    run: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$",
+        description="The training run this job belongs to (letters, digits and ._:@/+-): the "
+        "re-probes of one run share it, and the dashboard plots their rates over the steps.",
+    )
+    run_step: int | None = Field(
+        None, ge=0, le=10**12, description="The training step whose weights this job probes."
+    )
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -334,6 +345,8 @@ class JobOut(_Out):
     error: JobError | None = None
     model_id: str
     label: str | None = None
+    run: str | None = None
+    run_step: int | None = None
 
 
 class JobPage(_Out):

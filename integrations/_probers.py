@@ -62,7 +62,8 @@ class ServiceProbe:
     At each re-probe the model's weights are saved (safetensors) and uploaded with
     ``arch``/``arch_config`` (a registry architecture the service knows), and a job is
     submitted for ``data`` and ``loss`` with the live optimizer's hyperparameters, group by
-    group. ``run`` labels the jobs of one training run; ``timeout_s`` bounds the wait.
+    group. ``run`` labels the jobs of one training run (the dashboard plots the run's rates
+    over its steps; ``client.list_jobs(run=...)`` lists them); ``timeout_s`` bounds the wait.
     """
 
     background = True
@@ -112,7 +113,8 @@ class ServiceProbe:
         label = f"{self.run} · step {step}" if self.run else f"step {step}"
         job = self.client.submit(
             model=uploaded, data=self.data, loss=self.loss, optimizer=spec,  # type: ignore[arg-type]
-            partition=self.partition, budget=self.budget or None, label=label,
+            partition=self.partition, budget=self.budget or None, label=label, run=self.run,
+            run_step=step,
         )  # fmt: skip
         self.job_ids.append(job.id)
         job.wait(timeout=self.timeout_s, progress=False)

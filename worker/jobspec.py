@@ -71,6 +71,8 @@ class JobSpecMirror(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     label: str | None = None
+    run: str | None = None
+    run_step: int | None = None
 
 
 class SpecError(ValueError):

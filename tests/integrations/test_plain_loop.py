@@ -74,7 +74,9 @@ def test_the_service_reprobes_in_the_background_and_the_rates_change_mid_run(
     assert second.step > second.probed_at  # training went on while the service probed
     check_rates(optimizer, model, second.lrs)
     assert len(prober.job_ids) == 2
-    assert service.get_job(prober.job_ids[1]).data.label == "plain-loop · step 3"
+    job = service.get_job(prober.job_ids[1]).data
+    assert (job.label, job.run, job.run_step) == ("plain-loop · step 3", "plain-loop", 3)
+    assert [j.id for j in service.list_jobs(run="plain-loop")] == prober.job_ids[::-1]
 
 
 def test_a_service_that_is_down_never_stops_training(caplog: pytest.LogCaptureFixture) -> None:
