@@ -115,6 +115,7 @@ class Reprobe:
         self._lock = threading.Lock()
         self._pending: tuple[Result, int] | None = None
         self._thread: threading.Thread | None = None
+        self._launched: int | None = None
 
     def __enter__(self) -> Reprobe:
         self.start()
@@ -127,6 +128,7 @@ class Reprobe:
         """Probe the starting weights inline and apply the rates (with ``probe_first``)."""
         self.steps = step
         if self.probe_first:
+            self._launched = step
             self._probe_inline(step)
 
     def step(self) -> None:
@@ -144,8 +146,9 @@ class Reprobe:
         due = (self.every is not None and step > 0 and step % self.every == 0) or (
             step in self.milestones
         )
-        if not due:
+        if not due or step == self._launched:  # a boundary seen twice probes once
             return
+        self._launched = step
         if not self.prober.background:
             self._probe_inline(step)
         elif self._thread is None or not self._thread.is_alive():
