@@ -69,6 +69,7 @@ OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {
     "radam": ("decoupled_weight_decay",),
 }
 """The keyword arguments of each optimizer that ``options`` may set (as in ``torch.optim``)."""
+_BOOL_OPTIONS = frozenset({"amsgrad", "centered", "decoupled_weight_decay"})
 PartitionRuleName = Literal["layer", "tensor", "single"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -177,6 +178,10 @@ class OptimizerSpec(BaseModel):
                     f"{self.name} takes no option {', '.join(unknown)}; its options are "
                     f"{', '.join(allowed) or 'none'}"
                 )
+            for key, value in options.items():
+                if (key in _BOOL_OPTIONS) != isinstance(value, bool):
+                    kind = "true or false" if key in _BOOL_OPTIONS else "a number"
+                    raise ValueError(f"option {key} must be {kind}, not {value!r}")
         for group in self.param_groups:
             twice = seen.intersection(group.params)
             if twice:

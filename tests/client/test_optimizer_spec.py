@@ -45,6 +45,8 @@ def test_decay_and_no_decay_groups_are_accepted() -> None:
         ({"name": "adamw", "param_groups": [{"params": ["a"], "lr": 0.1}]}, "Extra inputs"),
         ({"name": "adamw", "param_groups": [{"params": []}]}, "at least 1 item"),
         ({"name": "rprop"}, "Input should be"),
+        ({"name": "rmsprop", "options": {"centered": 1.0}}, "centered must be true or false"),
+        ({"name": "adagrad", "options": {"lr_decay": True}}, "lr_decay must be a number"),
     ],
 )
 def test_bad_optimizer_specs_are_refused_with_what_is_wrong(body, message) -> None:

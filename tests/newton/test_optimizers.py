@@ -216,6 +216,10 @@ def test_optimizers_that_are_not_linear_in_lr_are_refused_with_the_reason(make, 
 def test_spec_checks_options_and_groups() -> None:
     with pytest.raises(ValueError, match="takes no option alpha"):
         OptimizerSpec("adam", options={"alpha": 0.9})
+    with pytest.raises(ValueError, match="centered of rmsprop must be true or false"):
+        OptimizerSpec("rmsprop", options={"centered": 1.0})
+    with pytest.raises(ValueError, match="alpha of rmsprop must be a number"):
+        OptimizerSpec("rmsprop", param_groups=(_group(["a"], alpha=True),))
     with pytest.raises(ValueError, match="in two parameter groups"):
         OptimizerSpec("sgd", param_groups=(
             _group(["a"], weight_decay=0.0), _group(["a"], weight_decay=0.1)))  # fmt: skip

@@ -115,6 +115,10 @@ class OptimizerSpec:
                 f"{self.name} takes no option {', '.join(unknown)}: "
                 f"its options are {', '.join(allowed) or 'none'}"
             )
+        for key, value in self.options.items():
+            if (allowed[key] is bool) != isinstance(value, bool):
+                kind = "true or false" if allowed[key] is bool else "a number"
+                raise ValueError(f"option {key} of {self.name} must be {kind}, not {value!r}")
         seen: set[str] = set()
         for group in self.param_groups:
             bad = sorted(set(group.overrides) - set(_OVERRIDABLE) - set(allowed))
