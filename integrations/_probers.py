@@ -4,6 +4,7 @@ training goes on)."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lrprobe.client import Client, Recommendation
+from lrprobe.client import Client, LrprobeError, Recommendation, WaitTimeout
 from lrprobe.worker.newton import LossFn, ProbeResult, from_torch, probe
 from lrprobe.worker.newton.directions import OPTIONS
 
@@ -63,7 +64,8 @@ class ServiceProbe:
     ``arch``/``arch_config`` (a registry architecture the service knows), and a job is
     submitted for ``data`` and ``loss`` with the live optimizer's hyperparameters, group by
     group. ``run`` labels the jobs of one training run (the dashboard plots the run's rates
-    over its steps; ``client.list_jobs(run=...)`` lists them); ``timeout_s`` bounds the wait.
+    over its steps; ``client.list_jobs(run=...)`` lists them). ``timeout_s`` bounds the wait;
+    a job past it is cancelled.
     """
 
     background = True
@@ -117,7 +119,13 @@ class ServiceProbe:
             run_step=step,
         )  # fmt: skip
         self.job_ids.append(job.id)
-        job.wait(timeout=self.timeout_s, progress=False)
+        try:
+            job.wait(timeout=self.timeout_s, progress=False)
+        except WaitTimeout:
+            # Its answer would come too late to matter: free the worker for the next probe.
+            with contextlib.suppress(LrprobeError):
+                job.cancel()
+            raise
         return job.recommendation()
 
 

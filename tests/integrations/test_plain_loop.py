@@ -100,3 +100,31 @@ def test_a_service_that_is_down_never_stops_training(caplog: pytest.LogCaptureFi
     assert [step for step, _ in rp.history.failures] == [0, 2, 4, 6]
     assert "training goes on with the current rates" in caplog.text
     assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in before]
+
+
+def test_a_probe_slower_than_its_timeout_is_logged_and_the_rates_stay(
+    service: Client,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    prober = ServiceProbe(service, data=DATA, arch="mlp", arch_config=ARCH_CONFIG,
+                          budget={"batches": 8, "batch_size": 64}, timeout_s=0.01)  # fmt: skip
+    data = endless()
+    with (
+        caplog.at_level(logging.WARNING, "lrprobe.integrations"),
+        Reprobe(prober, model, optimizer, every=2) as rp,
+    ):
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss_fn(model, next(data)).backward()
+            optimizer.step()
+            rp.step()
+            rp.wait(30)
+    assert rp.steps == 4 and rp.history.events == []
+    assert [step for step, _ in rp.history.failures] == [0, 2, 4]
+    assert all(g["lr"] == 0.05 for g in optimizer.param_groups)
+    assert "training goes on with the current rates" in caplog.text
+    # the late jobs were cancelled, not left to occupy the service's worker
+    statuses = {service.get_job(job_id).data.status for job_id in prober.job_ids}
+    assert statuses <= {"cancelled", "succeeded"} and "cancelled" in statuses
