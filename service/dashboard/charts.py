@@ -461,11 +461,19 @@ def run_history_chart(points: Sequence[tuple[int, dict[str, float]]]) -> Markup:
         f'<text class="tick" x="{left - 6}" y="{top + 8}" text-anchor="end">{fmt(10**hi)}</text>',
         f'<text class="tick" x="{left - 6}" y="{height - bottom}" text-anchor="end">'
         f"{fmt(10**lo)}</text>",
-        f'<text class="tick" x="{(left + right) / 2}" y="{height - 6}" text-anchor="middle">'
+        f'<text class="tick" x="{(left + right) / 2}" y="{height - 2}" text-anchor="middle">'
         "training step</text>",
         f'<line class="grid" x1="{left}" x2="{right}" y1="{height - bottom}" '
         f'y2="{height - bottom}"/>',
     ]  # fmt: skip
+    steps = sorted({s for s, _ in points})
+    shown = steps if len(steps) <= 10 else [steps[0], steps[-1]]
+    for s in shown:
+        x = xy(s, 10**hi)[0]
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+            f"{s}</text>"
+        )
     for i, group in enumerate(groups):
         colour = _SERIES[i % len(_SERIES)]
         series = [(s, lrs[group]) for s, lrs in points if lrs.get(group, 0) > 0]
