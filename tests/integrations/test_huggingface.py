@@ -14,6 +14,7 @@ from transformers import Trainer, TrainingArguments
 from lrprobe.client import Client
 from lrprobe.integrations import LocalProbe, ServiceProbe
 from lrprobe.integrations.huggingface import LrprobeTrainerCallback
+from tests.e2e.test_sdk_training import service  # noqa: F401  (the embedded-service fixture)
 from tests.integrations.support import (
     ARCH_CONFIG,
     DATA,
@@ -89,3 +90,30 @@ def test_a_service_that_is_down_does_not_stop_the_trainer(tmp_path) -> None:
         trainer.train()
     assert trainer.state.global_step == 4 and callback.history.events == []
     assert callback.history.failures[0][0] == 0
+
+
+class StopAfterSecondRecommendation(LrprobeTrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if len(self.history.events) >= 2 or self.history.failures:
+            control.should_training_stop = True
+        return control
+
+
+def test_reprobing_through_the_embedded_service_changes_the_trainers_rates_mid_run(
+    service: Client,  # noqa: F811
+    tmp_path,
+) -> None:
+    model = Classifier()
+    trainer = _trainer(model, tmp_path, max_steps=20_000)
+    prober = ServiceProbe(service, data=DATA, arch="mlp", arch_config=ARCH_CONFIG,
+                          budget={"batches": 8, "batch_size": 64}, run="hf")  # fmt: skip
+    callback = StopAfterSecondRecommendation(prober, module="net", every=5).attach(trainer)
+    trainer.train()
+    assert callback.history.failures == []
+    first, second = callback.history.events
+    assert (first.step, second.probed_at) == (0, 5)
+    assert second.step > second.probed_at  # the Trainer went on while the service probed
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    for group in trainer.optimizer.optimizer.param_groups:
+        for p in group["params"]:
+            assert group["initial_lr"] == second.lrs[names[id(p)].rsplit(".", 1)[0]]
