@@ -25,7 +25,7 @@ CMD ["lrprobe", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker", "
 FROM base AS worker
 # The default PyPI torch wheel for Linux bundles CUDA; the host only needs the NVIDIA driver and
 # the container toolkit. Pinned first so the extras cannot pull another build.
-RUN pip install torch==2.13.0 && pip install '.[worker,service]'
+RUN pip install torch==2.13.0 && pip install '.[worker,service,lion]'
 USER lrprobe
 # One process per GPU: --pool=solo, one probe at a time (see docker-compose.yml).
 CMD ["celery", "-A", "lrprobe.worker.celery_app", "worker", "--pool=solo", "--concurrency=1", \

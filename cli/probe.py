@@ -64,7 +64,8 @@ def probe_command(
             loss=loss,
             optimizer=OptimizerSpec(
                 name=optimizer,  # type: ignore[arg-type]
-                momentum=momentum,
+                # the other optimizers keep their own default (RMSprop's momentum is 0)
+                momentum=momentum if optimizer == "momentum" else None,  # type: ignore[arg-type]
                 weight_decay=weight_decay,
             ),
             partition=opt.partition_arg(partition),

@@ -147,7 +147,19 @@ source for codes missing here."""
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 LossName = Literal["cross_entropy", "mse", "bce", "lm_cross_entropy"]
-OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
+OptimizerName = Literal[
+    "sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad", "nadam", "radam", "lion"
+]
+OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "adam": ("amsgrad",),
+    "adamw": ("amsgrad",),
+    "rmsprop": ("alpha", "centered"),
+    "adagrad": ("lr_decay", "initial_accumulator_value"),
+    "nadam": ("momentum_decay", "decoupled_weight_decay"),
+    "radam": ("decoupled_weight_decay",),
+}
+"""The keyword arguments of each optimizer that ``options`` may set (as in ``torch.optim``)."""
+_BOOL_OPTIONS = frozenset({"amsgrad", "centered", "decoupled_weight_decay"})
 PartitionRuleName = Literal["layer", "tensor", "single"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -163,31 +175,72 @@ class _Out(BaseModel):
 # --- job spec --------------------------------------------------------------------------------
 
 
-class OptimizerSpec(BaseModel):
-    """The optimizer the user will train with; hyperparameters follow ``torch.optim``.
-    A bare name (``"adam"``) means that optimizer with these defaults."""
+OptionValue = float | bool
+_Betas = tuple[float, float]
+
+
+def _check_betas(value: _Betas | None) -> _Betas | None:
+    if value is not None and not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError("both betas must lie in [0, 1), e.g. [0.9, 0.999]")
+    return value
+
+
+class OptimizerGroup(BaseModel):
+    """Parameters whose hyperparameters differ from the optimizer's, as in a ``torch.optim``
+    parameter group (e.g. no weight decay for biases and norms). Unset fields keep the
+    optimizer's values."""
 
     model_config = _STRICT
 
-    name: OptimizerName = Field(description="sgd, momentum (SGD with momentum), adam or adamw.")
+    params: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        min_length=1, max_length=100_000, description="Parameter names (named_parameters())."
+    )
+    momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    dampening: float | None = Field(None, ge=0.0, lt=1.0)
+    nesterov: bool | None = None
+    betas: _Betas | None = None
+    eps: float | None = Field(None, gt=0.0)
+    weight_decay: float | None = Field(None, ge=0.0)
+    options: dict[str, OptionValue] = Field(default_factory=dict)
+
+    _betas_in_range = field_validator("betas")(_check_betas)
+
+
+class OptimizerSpec(BaseModel):
+    """The optimizer the user will train with; hyperparameters follow ``torch.optim``.
+    A bare name (``"adam"``) means that optimizer with these defaults (each optimizer's own:
+    momentum 0 for rmsprop, betas (0.9, 0.99) for lion, eps 1e-10 for adagrad)."""
+
+    model_config = _STRICT
+
+    name: OptimizerName = Field(
+        description="sgd, momentum (SGD with momentum), adam, adamw, rmsprop, adagrad, nadam, "
+        "radam or lion (lion-pytorch's Lion)."
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum, in [0, 1).")
     dampening: float = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
     nesterov: bool = Field(False, description="Nesterov momentum (needs dampening 0).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
+    betas: _Betas = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
     eps: float = Field(1e-8, gt=0.0, description="Adam epsilon, > 0.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay, ≥ 0.")
+    options: dict[str, OptionValue] = Field(
+        default_factory=dict,
+        description="Other keyword arguments of the optimizer: amsgrad (adam, adamw); alpha, "
+        "centered (rmsprop); lr_decay, initial_accumulator_value (adagrad); momentum_decay, "
+        "decoupled_weight_decay (nadam); decoupled_weight_decay (radam).",
+    )
+    param_groups: list[OptimizerGroup] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Parameter groups whose hyperparameters differ (at most 64).",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
 
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in value):
-            raise ValueError("both betas must lie in [0, 1), e.g. [0.9, 0.999]")
-        return value
+    _betas_in_range = field_validator("betas")(_check_betas)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimizerSpec:
@@ -195,6 +248,35 @@ class OptimizerSpec(BaseModel):
             raise ValueError(
                 "nesterov needs the 'momentum' optimizer with dampening 0 (as in torch.optim.SGD)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _own_defaults_and_options(self) -> OptimizerSpec:
+        given = self.model_fields_set
+        if self.name == "rmsprop" and "momentum" not in given:
+            self.momentum = 0.0
+        if self.name == "lion" and "betas" not in given:
+            self.betas = (0.9, 0.99)
+        if self.name == "adagrad" and "eps" not in given:
+            self.eps = 1e-10
+        allowed = OPTIMIZER_OPTIONS.get(self.name, ())
+        seen: set[str] = set()
+        for options in [self.options, *(g.options for g in self.param_groups)]:
+            unknown = sorted(set(options) - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"{self.name} takes no option {', '.join(unknown)}; its options are "
+                    f"{', '.join(allowed) or 'none'}"
+                )
+            for key, value in options.items():
+                if (key in _BOOL_OPTIONS) != isinstance(value, bool):
+                    kind = "true or false" if key in _BOOL_OPTIONS else "a number"
+                    raise ValueError(f"option {key} must be {kind}, not {value!r}")
+        for group in self.param_groups:
+            twice = seen.intersection(group.params)
+            if twice:
+                raise ValueError(f"parameters {sorted(twice)[:5]} are in two parameter groups")
+            seen.update(group.params)
         return self
 
 
@@ -287,6 +369,17 @@ class JobCreate(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     device: DeviceName = "auto"
     label: str | None = Field(None, max_length=200, description="A free-form name for the job.")
+    run: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$",
+        description="The training run this job belongs to (letters, digits and ._:@/+-): the "
+        "re-probes of one run share it, and the dashboard plots their rates over the steps.",
+    )
+    run_step: int | None = Field(
+        None, ge=0, le=10**12, description="The training step whose weights this job probes."
+    )
 
 
 # --- resources -------------------------------------------------------------------------------
@@ -347,6 +440,8 @@ class JobOut(_Out):
     error: JobError | None = None
     model_id: str
     label: str | None = None
+    run: str | None = None
+    run_step: int | None = None
 
 
 class JobPage(_Out):

@@ -469,3 +469,74 @@ def loss_line(losses: Sequence[float | None]) -> Markup:
         )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+# Line colours of the run-history chart, one per group (cycled); readable on both themes.
+_SERIES = ("#2f6fdf", "#d9534f", "#2e9d5b", "#c48a00", "#8e5bd8", "#16a2b8", "#e0702b", "#777")
+
+
+def run_history_chart(points: Sequence[tuple[int, dict[str, float]]]) -> Markup:
+    """A re-probed run's rates: one line per group over training steps (log scale), a dot
+    per recommendation. ``points`` are (training step, {group: lr}) in step order."""
+    values = _positive([lr for _, lrs in points for lr in lrs.values()])
+    if len(points) < 1 or not values:
+        return Markup("")
+    groups = sorted({g for _, lrs in points for g in lrs})
+    height, left, right, top, bottom = 240, 70, WIDTH - 190, 14, 34
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 0.5:
+        lo, hi = lo - 0.25, hi + 0.25
+    first, last = points[0][0], points[-1][0]
+    span = (last - first) or 1
+
+    def xy(step: int, lr: float) -> tuple[float, float]:
+        return (
+            left + (step - first) / span * (right - left),
+            top + (hi - math.log10(lr)) / (hi - lo) * (height - top - bottom),
+        )
+
+    parts = [
+        _open(
+            WIDTH, height, "Learning rate per group over the run (log scale)",
+            f"{len(points)} recommendations of this run from step {first} to step {last}, "
+            f"{len(groups)} groups.",
+            "history-chart",
+        ),
+        f'<text class="tick" x="{left - 6}" y="{top + 8}" text-anchor="end">{fmt(10**hi)}</text>',
+        f'<text class="tick" x="{left - 6}" y="{height - bottom}" text-anchor="end">'
+        f"{fmt(10**lo)}</text>",
+        f'<text class="tick" x="{(left + right) / 2}" y="{height - 2}" text-anchor="middle">'
+        "training step</text>",
+        f'<line class="grid" x1="{left}" x2="{right}" y1="{height - bottom}" '
+        f'y2="{height - bottom}"/>',
+    ]  # fmt: skip
+    steps = sorted({s for s, _ in points})
+    shown = steps if len(steps) <= 10 else [steps[0], steps[-1]]
+    for s in shown:
+        x = xy(s, 10**hi)[0]
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+            f"{s}</text>"
+        )
+    for i, group in enumerate(groups):
+        colour = _SERIES[i % len(_SERIES)]
+        series = [(s, lrs[group]) for s, lrs in points if lrs.get(group, 0) > 0]
+        if not series:
+            continue
+        path = "M" + "L".join(f"{x:.1f} {y:.1f}" for x, y in (xy(s, v) for s, v in series))
+        parts.append(f'<g class="history-line" data-group="{escape(group)}">')
+        parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for s, v in series:
+            x, y = xy(s, v)
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"><title>'
+                f"{escape(group)} at step {s}: lr {fmt(v)}</title></circle>"
+            )
+        label_y = top + 16 * i + 8
+        parts.append(
+            f'<rect x="{right + 20}" y="{label_y - 8}" width="10" height="10" fill="{colour}"/>'
+            f'<text class="tick" x="{right + 36}" y="{label_y + 1}">{escape(_short(group))}</text>'
+            "</g>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -534,6 +534,10 @@ def job_page(request: Request, services: ServicesDep, me: Current, job_id: str) 
             "loss_chart": charts.loss_line(rec.trajectory_losses),
             "snippet": torch_snippet(job, rec),
         }
+    if job.run is not None:
+        history = queries.run_history(services.sessions, me.principal, job.run)
+        context["history_chart"] = charts.run_history_chart(history)
+        context["history_count"] = len(history)
     if job.error is not None:
         context["advice"] = ADVICE.get(job.error.code)
     return _render(request, "job.html", me=me, **context)

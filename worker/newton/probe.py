@@ -99,8 +99,12 @@ def probe(
         batches: yields at least ``steps + ⌈steps/period⌉ + calibration_steps`` batches
             (trajectory) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
             They should be independent draws (see :func:`minibatches`).
-        optimizer: "sgd" | "momentum" | "adam" | "adamw", an :class:`OptimizerSpec`, or a live
-            ``torch.optim`` optimizer (its hyperparameters and state are used, not changed).
+        optimizer: a name in :data:`OPTIMIZERS` ("sgd", "momentum", "adam", "adamw",
+            "rmsprop", "adagrad", "nadam", "radam", "lion"), an :class:`OptimizerSpec`, or a
+            live optimizer of one of those kinds (its hyperparameters, group by group, and its
+            state are used, not changed). Each parameter's direction uses its own group's
+            hyperparameters. Optimizers whose step is not linear in the learning rate are
+            refused (ValueError saying why).
         partition: a rule for :func:`partition` or explicit groups.
         method: "trajectory" or "fixed".
         steps, period, smoothing, trajectory_scale, bounds: the trajectory (see above);
@@ -135,8 +139,14 @@ def probe(
         else _partition(model, partition, max_groups)
     )
     names = [n for g in groups for n in g.param_names]
-    rule = DirectionRule(spec, optimizer_state, names)
     params = dict(model.named_parameters())
+    unknown = [n for g in spec.param_groups for n in g.params if n not in params]
+    if unknown:
+        raise ValueError(
+            f"the optimizer's parameter groups name parameters the model does not have: "
+            f"{unknown[:5]}; use the names of model.named_parameters()"
+        )
+    rule = DirectionRule(spec, optimizer_state, names)
     device = next(iter(params.values())).device
     if method == "trajectory":
         # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
@@ -231,7 +241,7 @@ def probe(
     if single_note:
         notes.append(single_note)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=rule.description,
         lr_factor=factor,
         scale=scale,
@@ -529,19 +539,6 @@ def _coupling(H: Tensor) -> list[list[float]]:
     return C.tolist()
 
 
-def _hyper(spec: OptimizerSpec) -> dict[str, Any]:
-    if spec.name == "sgd":
-        return {"weight_decay": spec.weight_decay}
-    if spec.name == "momentum":
-        return {
-            "momentum": spec.momentum,
-            "dampening": spec.dampening,
-            "nesterov": spec.nesterov,
-            "weight_decay": spec.weight_decay,
-        }
-    return {"betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
-
-
 def _trajectory_probe(
     model: nn.Module,
     loss_fn: LossFn,
@@ -670,7 +667,7 @@ def _trajectory_probe(
         notes.append(single_note)
     notes += _solver_notes(solution)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
         lr_factor=1.0,
         scale=scale,

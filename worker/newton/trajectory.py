@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrprobe.worker.newton.directions import OptimizerSpec, ParamState
+from lrprobe.worker.newton.directions import OptimizerSpec, ParamState, build_optimizer
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.partition import Group
 from lrprobe.worker.newton.solve import solve
@@ -76,22 +76,6 @@ class Trajectory:
         """The evaluations the recommendation is read from: the second half of the run."""
         E = self.etas.shape[0]
         return slice(E // 2, E) if E > 1 else slice(0, E)
-
-
-def build_optimizer(
-    spec: OptimizerSpec, groups: Sequence[Group], params: Mapping[str, Tensor]
-) -> torch.optim.Optimizer:
-    """A ``torch.optim`` optimizer for ``spec`` with one parameter group per probe group."""
-    param_groups = [{"params": [params[n] for n in g.param_names], "lr": 0.0} for g in groups]
-    if spec.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=0.0, weight_decay=spec.weight_decay)
-    if spec.name == "momentum":
-        return torch.optim.SGD(
-            param_groups, lr=0.0, momentum=spec.momentum, dampening=spec.dampening,
-            nesterov=spec.nesterov, weight_decay=spec.weight_decay,
-        )  # fmt: skip
-    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=0.0, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
 
 def run_trajectory(
@@ -129,7 +113,7 @@ def run_trajectory(
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         work = copy.deepcopy(model)
     params = dict(work.named_parameters())
-    optimizer = build_optimizer(spec, groups, params)
+    optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
     S = len(groups)
@@ -192,7 +176,7 @@ def run_trajectory(
                     for n in group.param_names:
                         params[n].sub_(scale * float(smoothed[i]) * u[n])
         else:
-            for i, param_group in enumerate(optimizer.param_groups):
+            for i, param_group in zip(owner, optimizer.param_groups, strict=True):
                 param_group["lr"] = scale * float(smoothed[i])
             optimizer.step()
         on_step(s)
@@ -290,11 +274,11 @@ def calibration_losses(
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         work = copy.deepcopy(model)
     params = dict(work.named_parameters())
-    optimizer = build_optimizer(spec, groups, params)
+    optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
-    for group, rate in zip(optimizer.param_groups, rates, strict=True):
-        group["lr"] = rate
+    for group, index in zip(optimizer.param_groups, owner, strict=True):
+        group["lr"] = rates[index]
     losses = []
     for t, batch in enumerate(batches):
         torch.manual_seed(seed + t)
