@@ -135,6 +135,14 @@ CLIENT_ERROR_CODES: tuple[str, ...] = (
     "usage",
     "invalid_argument",
     "file_not_found",
+    "missing_extra",  # a command whose extra is not installed
+    # the CLI's commands on the database and server directly (serve, migrate, local keys)
+    "database_not_initialized",
+    "database_unavailable",
+    "schema_not_at_head",
+    "data_dir_unusable",
+    "invalid_settings",
+    "address_unavailable",
 )
 """Codes the SDK and the CLI raise themselves, never sent by the service (plus ``http_<status>``
 for an error response without a problem body, such as a proxy's error page)."""
