@@ -9,7 +9,13 @@ Pure torch; imports nothing else of lrprobe, so it can be used as a library::
 """
 
 from lrprobe.worker.newton import losses
-from lrprobe.worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
+from lrprobe.worker.newton.directions import (
+    NOT_LINEAR,
+    OPTIMIZERS,
+    OptimizerSpec,
+    ParamGroupSpec,
+    from_torch,
+)
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
 from lrprobe.worker.newton.probe import ProbeProgress, probe
@@ -27,6 +33,7 @@ from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 
 __all__ = [
     "METHOD_VERSION",
+    "NOT_LINEAR",
     "OPTIMIZERS",
     "Cost",
     "Group",
@@ -34,6 +41,7 @@ __all__ = [
     "LossFn",
     "NumericalError",
     "OptimizerSpec",
+    "ParamGroupSpec",
     "PartitionRule",
     "ProbeProgress",
     "ProbeResult",

@@ -1,7 +1,7 @@
 """Dashboard sessions held server-side, so that sign-out ends a session (issue 16).
 
-Revision ID: 0002_issue16
-Revises: 0001
+Revision ID: 0003_issue16
+Revises: 0002_issue13
 Create Date: 2026-11-30 10:40:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_issue16"
-down_revision: str | None = "0001"
+revision: str = "0003_issue16"
+down_revision: str | None = "0002_issue13"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
