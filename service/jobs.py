@@ -286,6 +286,11 @@ def get_recommendation(
         )
 
 
+# Event fields kept in the database for operators (which worker host and PID ran a job) but
+# never shown to users: they map the deployment.
+OPERATOR_ONLY_EVENT_FIELDS = frozenset({"worker"})
+
+
 def list_events(
     sessions: sessionmaker[Session], owner: Principal, job_id: str, after: int = 0,
     limit: int = MAX_EVENTS,
@@ -302,5 +307,14 @@ def list_events(
             .limit(limit + 1)
         ).all()
     complete = len(rows) <= limit
-    items = [JobEvent.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    items = [
+        JobEvent(
+            id=r.id,
+            job_id=r.job_id,
+            at=r.at,
+            kind=r.kind,
+            data={k: v for k, v in r.data.items() if k not in OPERATOR_ONLY_EVENT_FIELDS},
+        )
+        for r in rows[:limit]
+    ]
     return JobEventList(items=items, status=status.value, final=status in FINAL and complete)

@@ -81,8 +81,8 @@ def claim(sessions: sessionmaker[Session], job_id: str, worker: str, lease: floa
         )
         if result != 1:
             return None
-        # The worker's host and PID stay on the row (lease_owner): events are shown to users.
-        record(session, job_id, "status", status=JobStatus.RUNNING)
+        # ``worker`` (host:PID) is for operators: list_events leaves it out of what users see.
+        record(session, job_id, "status", status=JobStatus.RUNNING, worker=worker)
         return session.get(Job, job_id)
 
 
