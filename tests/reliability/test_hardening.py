@@ -392,6 +392,9 @@ def test_security_relevant_fields_are_not_coerced(api: RunningApi) -> None:
         {"budget": {"batches": "8"}},
         {"budget": {"batch_size": 8.0}},
         {"optimizer": {"name": "sgd", "nesterov": "true"}},
+        {"optimizer": {"name": "adam", "options": {"amsgrad": "yes"}}},
+        {"optimizer": {"name": "adamw", "betas": ["0.9", "0.99"]}},
+        {"run": "r1", "run_step": True},
         {"label": "a\x00b"},
         {"partition": {"rule": {"^layers": "g\x00"}}},
     ):
