@@ -111,6 +111,7 @@ def test_the_wheel_holds_one_package_and_its_data(wheel: Path) -> None:
         "lrprobe/migrations/versions/0001_initial_schema.py",
         "lrprobe/service/dashboard/templates/base.html",
         "lrprobe/service/dashboard/static/dashboard.css",
+        "lrprobe/service/docs_assets/swagger-init.js",
         "lrprobe/worker/newton/__init__.py", "lrprobe/worker/intake/__init__.py",
         "lrprobe-0.1.0.dist-info/licenses/LICENSE",
     ):  # fmt: skip
@@ -195,6 +196,8 @@ def test_service_install_serves(served: tuple[str, subprocess.Popen[bytes], Path
     sign_in = httpx.get(f"{url}/ui/sign-in", timeout=10)
     assert sign_in.status_code == 200 and "<form" in sign_in.text
     assert httpx.get(f"{url}/ui/static/dashboard.css", timeout=10).status_code == 200
+    for asset in ("swagger-init.js", "swagger-ui-bundle.js"):  # /docs from local files
+        assert httpx.get(f"{url}/docs/assets/{asset}", timeout=10).status_code == 200
     text = log.read_text()
     assert "Admin API key (shown once, keep it): lrp_" in text
     assert "No embedded worker" in text and "pip install 'lrprobe[worker]'" in text
