@@ -1,18 +1,35 @@
-"""Per-key request rate limit: an in-process token bucket.
+"""Per-key request rate limit.
 
-Each API process keeps its own buckets, so with N API replicas a key gets up to N times the
-configured rate; a shared limiter (Redis) is the upgrade path when that matters.
+- :class:`LocalRateLimiter`: a token bucket in the API process (the embedded mode, which has one
+  API process and no Redis).
+- :class:`RedisRateLimiter`: one limit for all API replicas, kept in Redis by the ``limits``
+  library (a sliding-window counter: one round trip per request, atomic in a Lua script).
+
+Both answer the same question, so the 429 problem and its ``Retry-After`` do not depend on the
+mode.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
-class RateLimiter:
+class RateLimiter(Protocol):
+    async def take(self, key: str) -> int | None:
+        """Count one request of ``key``: None if allowed, else seconds to wait."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalRateLimiter:
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(max(per_minute, 1))
         self.rate = self.capacity / 60.0  # tokens per second
@@ -20,8 +37,10 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, last refill)
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> int | None:
-        """Spend one token of ``key``'s bucket; None if allowed, else seconds to wait."""
+    async def take(self, key: str) -> int | None:
+        return self.take_now(key)
+
+    def take_now(self, key: str) -> int | None:
         now = self.clock()
         with self._lock:
             tokens, last = self._buckets.get(key, (self.capacity, now))
@@ -31,3 +50,46 @@ class RateLimiter:
                 return None
             self._buckets[key] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    async def close(self) -> None:
+        pass
+
+
+class RedisRateLimiter:
+    """``per_minute`` requests per key over a sliding minute, shared through ``redis_url``."""
+
+    NAMESPACE = "lrprobe-rate"
+
+    def __init__(self, per_minute: int, redis_url: str) -> None:
+        from limits import RateLimitItemPerMinute
+        from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+        scheme, rest = redis_url.split("://", 1)
+        self.item = RateLimitItemPerMinute(max(per_minute, 1), namespace=self.NAMESPACE)
+        self.storage: Any = RedisStorage(
+            f"async+{scheme}://{rest}", implementation="redispy", socket_connect_timeout=2.0
+        )
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+
+    async def take(self, key: str) -> int | None:
+        try:
+            if await self.limiter.hit(self.item, key):
+                return None
+            stats = await self.limiter.get_window_stats(self.item, key)
+        except Exception as error:
+            # Redis down: serve rather than refuse every request (the limit protects capacity;
+            # an outage of the limiter must not become an outage of the API).
+            log.warning("rate limit not checked, Redis unavailable: %s", error)
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def close(self) -> None:
+        # limits keeps a redis-py asyncio pool: close it in this event loop.
+        await self.storage.bridge.storage.aclose()
+
+
+def rate_limiter_for(per_minute: int, redis_url: str | None) -> RateLimiter:
+    if redis_url is None:
+        return LocalRateLimiter(per_minute)
+    return RedisRateLimiter(per_minute, redis_url)

@@ -27,7 +27,6 @@ from lrprobe.service.routes import problems
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -140,22 +139,28 @@ async def job_events(
 async def _stream(
     services: ServicesDep, key: Principal, job_id: str, page: JobEventList, cursor: int
 ) -> AsyncIterator[str]:
-    idle = 0.0
     yield "retry: 2000\n\n"
-    while True:
-        for event in page.items:
-            data = json.dumps({"job_id": event.job_id, "at": event.at.isoformat(), **event.data})
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
-            cursor = event.id
-        if page.final:
-            yield f"event: end\ndata: {json.dumps({'status': page.status})}\n\n"
-            return
-        if page.items:
-            idle = 0.0
-        else:
-            await asyncio.sleep(EVENT_POLL_SECONDS)
-            idle += EVENT_POLL_SECONDS
-            if idle >= KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-        page = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, cursor)
+    # Watch before the next read, and clear the flag before each read: a change committed
+    # after a read sets the flag again, so none is missed. Between changes the stream waits
+    # on the flag and costs no query (lrprobe.service.events).
+    with services.events.watch(job_id) as changed:
+        changed.set()  # read once more now that it watches: the first page was read before
+        while True:
+            for event in page.items:
+                data = json.dumps(
+                    {"job_id": event.job_id, "at": event.at.isoformat(), **event.data}
+                )
+                yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+                cursor = event.id
+            if page.final:
+                yield f"event: end\ndata: {json.dumps({'status': page.status})}\n\n"
+                return
+            if not page.items or len(page.items) < jobs.MAX_EVENTS:
+                while True:
+                    try:
+                        await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
+                        break
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+            changed.clear()
+            page = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, cursor)
