@@ -65,6 +65,7 @@ from lrprobe.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = [JobStatus.SUCCEEDED] * 6 + [JobStatus.FAILED, JobStatus.QUEUED, JobStatus.CANCELLED]
+PGSTAT_FLUSH_SECONDS = 11.0
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
@@ -276,14 +277,15 @@ async def _idle_streams(
         if n % 50 == 49:
             await asyncio.sleep(0.05)  # do not flood the listen backlog
     await asyncio.wait_for(asyncio.gather(*(f.wait() for f in opened)), 120)
-    # Backends report their counts when idle, within about a second (PostgreSQL 15): settle,
-    # then count every transaction of the API's database over a quiet window.
-    await asyncio.sleep(3)
+    # PostgreSQL 15 backends report their counts when idle, but an idle backend may hold them
+    # for up to 10 s (PGSTAT_IDLE_INTERVAL): settle past the opening of the streams, then count
+    # every transaction of the API's database from one reading to another, both the quiet
+    # window and the 11 s after it in which its last counts arrive (the streams stay idle).
+    await asyncio.sleep(PGSTAT_FLUSH_SECONDS)
     start, began = _transactions(admin, database), time.perf_counter()
-    await asyncio.sleep(args.idle_seconds)
-    await asyncio.sleep(1.5)  # let the last counts arrive; the window is measured, not slept
-    count = _transactions(admin, database) - start - 1  # minus this query's own transaction
-    window = time.perf_counter() - began - 1.5
+    await asyncio.sleep(args.idle_seconds + PGSTAT_FLUSH_SECONDS)
+    count = _transactions(admin, database) - start - 1  # minus this reading's own transaction
+    window = time.perf_counter() - began
     qps = count / window
     # Status changes committed by another process, as a worker commits them.
     engine = make_engine(settings.resolved_database_url)
