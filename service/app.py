@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             settings.resolved_database_url,
             statement_timeout_s=STATEMENT_TIMEOUT_SECONDS,
             pool_size=POOL_SIZE,
+            ping="idle",
         )
         redis_url = settings.resolved_redis_url
         notifier = notifier_for(redis_url)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,10 +16,12 @@ CONNECT_TIMEOUT_SECONDS = 5
 # What the API, the workers and the reaper allow one statement (none of theirs needs more than
 # milliseconds; a lock pile-up then surfaces as a 503 instead of a hung request).
 STATEMENT_TIMEOUT_SECONDS = 30.0
-# A pooled connection idle for longer than this is pinged before use. Under load connections
-# are never idle that long, so requests pay no round trip for it (a ping on every checkout was a
-# fifth of a GET's time); after a quiet spell, a connection the server or a proxy dropped is
-# replaced before a request sees it.
+# With ``ping="idle"`` (the API), a pooled connection is pinged before use only if it sat idle
+# for longer than this. Under load connections are never idle that long, so requests pay no
+# round trip for it (a ping on every checkout was a fifth of a GET's time); after a quiet spell,
+# a connection the server or a proxy dropped is replaced before a request sees it. One dropped
+# while busy (a database restart under load) fails its request with a 503, and SQLAlchemy then
+# replaces every connection of the pool.
 IDLE_PING_SECONDS = 10.0
 # Connections are replaced after this long whatever happens, so that no pooled connection
 # outlives a server-side idle limit or a failover by much.
@@ -31,12 +33,16 @@ def make_engine(
     *,
     statement_timeout_s: float | None = None,
     pool_size: int | None = None,
+    ping: Literal["always", "idle"] = "always",
     **kwargs: Any,
 ) -> Engine:
     """``statement_timeout_s``: PostgreSQL's statement_timeout for this engine's sessions
     (None: the server's; migrations keep it, an index build may take long). ``pool_size``:
     connections kept open (PostgreSQL; None: SQLAlchemy's 5); the API sizes it to the requests
-    it serves at once, so that a burst does not open and close connections."""
+    it serves at once, so that a burst does not open and close connections. ``ping``: test a
+    pooled connection on every checkout (workers, the reaper, the CLI: a round trip is nothing
+    next to their work, and they never see a dropped connection), or only after
+    ``IDLE_PING_SECONDS`` idle (the API)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -47,9 +53,16 @@ def make_engine(
     connect_args |= kwargs.pop("connect_args", {})
     if pool_size is not None:
         kwargs |= {"pool_size": pool_size, "max_overflow": pool_size}
-    engine = create_engine(url, pool_recycle=RECYCLE_SECONDS, connect_args=connect_args, **kwargs)
-    event.listen(engine, "checkin", _mark_idle)
-    event.listen(engine, "checkout", _ping_if_idle)
+    engine = create_engine(
+        url,
+        pool_pre_ping=ping == "always",
+        pool_recycle=RECYCLE_SECONDS,
+        connect_args=connect_args,
+        **kwargs,
+    )
+    if ping == "idle":
+        event.listen(engine, "checkin", _mark_idle)
+        event.listen(engine, "checkout", _ping_if_idle)
     return engine
 
 
