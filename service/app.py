@@ -73,6 +73,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             heads = migrate.head_revisions()
             migrate.check_at_head(engine, heads)
             sessions = make_sessionmaker(engine, notifier)
+            reads = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
             hub = EventHub(
                 sessions, redis_url, on_key_revoked=principals.drop_key,
                 on_reconnect=principals.clear,
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
+                reads=reads,
                 store=ArtifactStore(settings.resolved_artifact_url),
                 queue=queue or own_queue,  # type: ignore[arg-type]
                 limiter=limiter,

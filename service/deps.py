@@ -30,6 +30,9 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    # Sessions without a transaction, for single reads: one round trip instead of three (no
+    # BEGIN, no ROLLBACK); each statement sees the latest commit, as in a READ COMMITTED one.
+    reads: sessionmaker[Session]
     store: ArtifactStore
     queue: JobQueue
     limiter: RateLimiter
@@ -58,7 +61,12 @@ async def _settings(services: ServicesDep) -> Settings:
     return services.settings
 
 
+async def _reads(services: ServicesDep) -> sessionmaker[Session]:
+    return services.reads
+
+
 SessionsDep = Annotated[sessionmaker[Session], Depends(_sessions)]
+ReadsDep = Annotated[sessionmaker[Session], Depends(_reads)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An lrprobe API key (lrp_…).")
@@ -75,7 +83,7 @@ async def _current_key(
     digest = hash_secret(credentials.credentials)
     principal = services.principals.get(digest)
     if principal is None:
-        principal = await run_in_threadpool(authenticate_hash, services.sessions, digest)
+        principal = await run_in_threadpool(authenticate_hash, services.reads, digest)
         if principal is None:
             raise UnauthorizedError(
                 "The API key is unknown or revoked; ask an admin for a new one."

@@ -20,7 +20,7 @@ from lrprobe.client.schemas import (
     Recommendation,
 )
 from lrprobe.service import jobs
-from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
+from lrprobe.service.deps import CurrentKey, ReadsDep, ServicesDep, SessionsDep
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
 from lrprobe.service.routes import problems
@@ -68,7 +68,7 @@ def submit_job(
 
 @router.get("", response_model=JobPage, responses=problems(401, 422))
 def list_jobs(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     key: CurrentKey,
     status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
     q: Annotated[
@@ -88,7 +88,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
-def get_job(job_id: str, sessions: SessionsDep, key: CurrentKey) -> Response:
+def get_job(job_id: str, sessions: ReadsDep, key: CurrentKey) -> Response:
     """One job: status, progress, error."""
     return _json(jobs.get_job_json(sessions, key, job_id))
 
@@ -131,12 +131,12 @@ async def job_events(
     """Progress and status events. With ``Accept: text/event-stream``: server-sent events
     that resume after ``Last-Event-ID`` and end when the job is final. Otherwise (the polling
     fallback): a JSON list of the events after ``?after=``."""
-    first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, after)
+    first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, after)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return first
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     if start != after:
-        first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, start)
+        first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, start)
     return StreamingResponse(
         _stream(services, key, job_id, first, start),
         media_type="text/event-stream",
@@ -171,4 +171,4 @@ async def _stream(
                     except TimeoutError:
                         yield ": keep-alive\n\n"
             changed.clear()
-            page = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, cursor)
+            page = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, cursor)
