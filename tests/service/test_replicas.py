@@ -113,3 +113,28 @@ def test_a_revoked_key_is_refused_by_every_replica_within_the_cache_bound(
             time.sleep(0.05)
         refused_after = time.monotonic() - revoked_at
     assert refused_after < bound
+
+
+def test_replicas_taking_tokens_in_blocks_never_serve_more_than_the_limit() -> None:
+    import asyncio
+    import uuid
+
+    from lrprobe.service.ratelimit import RedisRateLimiter
+
+    async def run() -> list[int | None]:
+        url = redis_url()
+        # 240 per minute: each replica takes 2 tokens per round trip to Redis
+        replicas = [RedisRateLimiter(240, url), RedisRateLimiter(240, url)]
+        assert [r.block for r in replicas] == [2, 2]
+        key = uuid.uuid4().hex
+        try:
+            return [await replicas[n % 2].take(key) for n in range(300)]
+        finally:
+            for replica in replicas:
+                await replica.close()
+
+    answers = asyncio.run(run())
+    served = answers.count(None)
+    # never more than the limit; at most a block per replica left unused
+    assert 240 - 2 * 2 <= served <= 240
+    assert all(wait is None or 1 <= wait <= 60 for wait in answers)
