@@ -70,6 +70,7 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._has_watchers = asyncio.Event()
         self.sweeps = 0  # for tests and the benchmark: how many sweep queries ran
+        self.listening = False  # subscribed to Redis now
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._sweep(), name="lrprobe-event-sweep"))
@@ -134,6 +135,7 @@ class EventHub:
                     # Whatever was announced while not subscribed is lost: look again.
                     self.on_reconnect()
                     self.wake_all()
+                    self.listening = True
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             data = message["data"]
@@ -144,6 +146,7 @@ class EventHub:
                 log.warning("event channel lost (%s); reconnecting", error)
                 await asyncio.sleep(RECONNECT_SECONDS)
             finally:
+                self.listening = False
                 await client.aclose()
 
     async def _sweep(self) -> None:

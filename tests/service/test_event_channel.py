@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -64,7 +65,14 @@ def test_job_events_reach_an_open_stream_through_redis_and_resume_after_last_eve
     assert notifier is not None
     engine = make_engine(migrated_postgres)
     worker = make_sessionmaker(engine, notifier)
-    with serve(settings) as live, _client(live) as client:
+    with ExitStack() as cleanup:
+        cleanup.callback(engine.dispose)
+        cleanup.callback(notifier.close)
+        live = cleanup.enter_context(serve(settings))
+        client = cleanup.enter_context(_client(live))
+        # (subscribed: the hub wakes every stream once when its subscription starts)
+        while not live.services.events.listening:
+            time.sleep(0.01)
         job = _submit(live, client)
         with client.stream("GET", f"/v1/jobs/{job}/events", headers=SSE) as stream:
             lines = stream.iter_lines()
@@ -85,8 +93,6 @@ def test_job_events_reach_an_open_stream_through_redis_and_resume_after_last_eve
         resumed = client.get(
             f"/v1/jobs/{job}/events", headers=SSE | {"Last-Event-ID": progress["id"]}
         )
-    notifier.close()
-    engine.dispose()
     replay = list(_all_events(resumed.text))
     assert [(e["event"], json.loads(e["data"]).get("status")) for e in replay] == [
         ("progress", None), ("status", "succeeded"), ("end", "succeeded"),
@@ -115,7 +121,10 @@ def test_embedded_streams_without_redis_share_one_sweep_and_follow_another_proce
     assert settings.resolved_redis_url is None
     engine = make_engine(url)
     worker = make_sessionmaker(engine)
-    with serve(settings) as live, _client(live) as client:
+    with ExitStack() as cleanup:
+        cleanup.callback(engine.dispose)
+        live = cleanup.enter_context(serve(settings))
+        client = cleanup.enter_context(_client(live))
         hub = live.services.events
         jobs = [_submit(live, client) for _ in range(8)]
         with contextlib.ExitStack() as streams:
@@ -141,4 +150,3 @@ def test_embedded_streams_without_redis_share_one_sweep_and_follow_another_proce
             event = _next_event(followed[3])
             assert json.loads(event["data"])["status"] == "cancelled"
             assert _next_event(followed[3])["event"] == "end"
-    engine.dispose()
