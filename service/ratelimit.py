@@ -97,7 +97,12 @@ class RedisRateLimiter:
         try:
             for cost in dict.fromkeys((self.block, 1)):
                 if await self.limiter.hit(self.item, key, cost=cost):
-                    self._leases[key] = (cost - 1, now + self.BLOCK_SECONDS)
+                    # Requests of this key that ran meanwhile may have taken blocks too: add
+                    # this one to what is left of theirs rather than drop it.
+                    now = self.clock()
+                    left, expiry = self._leases.get(key, (0, 0.0))
+                    kept = left if now < expiry else 0
+                    self._leases[key] = (kept + cost - 1, now + self.BLOCK_SECONDS)
                     return None
             stats = await self.limiter.get_window_stats(self.item, key)
         except Exception as error:
