@@ -8,7 +8,9 @@ probe's own ``cost.seconds``, over small jobs, in both modes:
 
 Each mode first runs one job that is not counted (it pays the worker's first torch import and
 the service's own example job), then ``--jobs`` jobs one after another, and prints the median and
-the range of the overhead.
+the range of the overhead, and the medians of where it went: the submit request, the pickup by
+a worker, the worker's own work beyond the probe (loading, checks, database writes) and the
+final event reaching ``wait()`` (with its closing GET of the job).
 
     python -m bench.overhead                    # both modes, 4 jobs each
     python -m bench.overhead --mode embedded
@@ -30,6 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -85,23 +88,42 @@ def _wait_ready(url: str, log: Path) -> None:
     raise SystemExit(f"the service did not become ready; see {log}")
 
 
-def _overheads(url: str, secret: str, checkpoint: Path, jobs: int) -> list[float]:
+@dataclass
+class Overhead:
+    """One job's seconds: its total overhead, and where it went (from the job's timestamps)."""
+
+    total: float  # submit → wait() returned, minus the probe's cost.seconds
+    submit: float  # request sent → job row created
+    pickup: float  # created → claimed by the worker
+    worker: float  # claimed → finished, minus the probe's cost.seconds (loading, checks, writes)
+    follow: float  # finished → wait() returned (the event reaching the SDK, a GET of the job)
+
+
+def _overheads(url: str, secret: str, checkpoint: Path, jobs: int) -> list[Overhead]:
     with Client(base_url=url, api_key=secret, timeout=60) as lrp:
         model = lrp.upload_model(checkpoint)
         spec = dict(model=model.id, data="builtin://iris", budget=BUDGET, device="cpu")
         lrp.submit(**spec, wait=True, progress=False, timeout=300)  # type: ignore[arg-type]
         overheads = []
         for _ in range(jobs):
-            started = time.perf_counter()
+            sent, started = time.time(), time.perf_counter()
             job = lrp.submit(**spec, wait=True, progress=False, timeout=300)  # type: ignore[arg-type]
-            wall = time.perf_counter() - started
+            wall, returned = time.perf_counter() - started, time.time()
             if job.status != "succeeded":
                 raise SystemExit(f"job {job.id} ended {job.status}: {job.error}")
-            overheads.append(wall - job.recommendation().data.cost.seconds)
+            probe = job.recommendation().data.cost.seconds
+            row = job.data
+            assert row.started_at is not None and row.finished_at is not None
+            created, claimed = row.created_at.timestamp(), row.started_at.timestamp()
+            finished = row.finished_at.timestamp()
+            overheads.append(Overhead(
+                total=wall - probe, submit=created - sent, pickup=claimed - created,
+                worker=finished - claimed - probe, follow=returned - finished,
+            ))  # fmt: skip
         return overheads
 
 
-def _embedded(tmp: Path, checkpoint: Path, jobs: int) -> list[float]:
+def _embedded(tmp: Path, checkpoint: Path, jobs: int) -> list[Overhead]:
     data = tmp / "embedded"
     secret = "lrp_" + secrets.token_urlsafe(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
@@ -116,7 +138,9 @@ def _embedded(tmp: Path, checkpoint: Path, jobs: int) -> list[float]:
         return _overheads(url, secret, checkpoint, jobs)
 
 
-def _production(tmp: Path, checkpoint: Path, jobs: int, postgres: str, redis: str) -> list[float]:
+def _production(
+    tmp: Path, checkpoint: Path, jobs: int, postgres: str, redis: str
+) -> list[Overhead]:
     name = f"lrprobe_overhead_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -177,14 +201,19 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     checkpoint = tmp / "iris-mlp.safetensors"
     save_checkpoint(MLP(MLPConfig(**CONFIG)), checkpoint, "mlp", CONFIG)  # type: ignore[arg-type]
-    print("| mode | jobs | overhead median s | min – max s |\n|---|--:|--:|--:|")
+    print("| mode | jobs | overhead median s (min – max) | submit | pickup | worker | follow |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for mode in args.mode or ["embedded", "production"]:
         if mode == "embedded":
             overheads = _embedded(tmp, checkpoint, args.jobs)
         else:
             overheads = _production(tmp, checkpoint, args.jobs, args.postgres, args.redis)
-        print(f"| {mode} | {len(overheads)} | {statistics.median(overheads):.2f} | "
-              f"{min(overheads):.2f} – {max(overheads):.2f} |", flush=True)  # fmt: skip
+        totals = [o.total for o in overheads]
+        parts = [statistics.median(getattr(o, part) for o in overheads)
+                 for part in ("submit", "pickup", "worker", "follow")]  # fmt: skip
+        print(f"| {mode} | {len(overheads)} | {statistics.median(totals):.2f} "
+              f"({min(totals):.2f} – {max(totals):.2f}) | "
+              + " | ".join(f"{p:.2f}" for p in parts) + " |", flush=True)  # fmt: skip
     print(f"(logs in {tmp})")
 
 
