@@ -31,15 +31,23 @@ from lrprobe.service.errors import (
     UnprocessableError,
     problem_body,
 )
+from lrprobe.service.events import EventHub
 from lrprobe.service.metrics import Metrics, MetricsMiddleware
+from lrprobe.service.notify import notifier_for
+from lrprobe.service.principals import PrincipalCache
 from lrprobe.service.queue import JobQueue
-from lrprobe.service.ratelimit import RateLimiter
+from lrprobe.service.ratelimit import rate_limiter_for
 from lrprobe.service.request_limits import RequestLimitsMiddleware
 from lrprobe.service.routes import docs, health, jobs, keys, uploads
 from lrprobe.service.security_headers import SecurityHeadersMiddleware
 from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL connections each API process keeps open: as many as requests it runs at once in its
+# thread pool under load, so a burst does not open and close connections (it did with
+# SQLAlchemy's default of 5 kept + 10 opened on demand).
+POOL_SIZE = 16
 
 
 def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
@@ -52,13 +60,27 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(
-            settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+            settings.resolved_database_url,
+            statement_timeout_s=STATEMENT_TIMEOUT_SECONDS,
+            pool_size=POOL_SIZE,
+            ping="idle",
         )
+        redis_url = settings.resolved_redis_url
+        notifier = notifier_for(redis_url)
+        limiter = rate_limiter_for(settings.rate_limit_per_minute, redis_url)
+        principals = PrincipalCache(settings.auth_cache_seconds)
         own_queue = None
+        hub = None
         try:
             heads = migrate.head_revisions()
             migrate.check_at_head(engine, heads)
-            sessions = make_sessionmaker(engine)
+            sessions = make_sessionmaker(engine, notifier)
+            reads = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+            hub = EventHub(
+                sessions, redis_url, on_key_revoked=principals.drop_key,
+                on_reconnect=principals.clear,
+            )  # fmt: skip
+            await hub.start()
             upload_dir = (settings.data_dir / "tmp").resolve()
             upload_dir.mkdir(parents=True, exist_ok=True)
             if queue is None:
@@ -69,9 +91,12 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
+                reads=reads,
                 store=ArtifactStore(settings.resolved_artifact_url),
                 queue=queue or own_queue,  # type: ignore[arg-type]
-                limiter=RateLimiter(settings.rate_limit_per_minute),
+                limiter=limiter,
+                principals=principals,
+                events=hub,
                 metrics=metrics,
                 schema_heads=heads,
                 upload_dir=upload_dir,
@@ -81,6 +106,11 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             yield
         finally:
             metrics.unwatch_jobs()
+            if hub is not None:
+                await hub.stop()
+            await limiter.close()
+            if notifier is not None:
+                notifier.close()
             if own_queue is not None:
                 own_queue.close()
             engine.dispose()

@@ -13,6 +13,7 @@ from lrprobe.client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from lrprobe.service.errors import KeyNotFoundError
 from lrprobe.service.lifecycle import new_id
 from lrprobe.service.models import ApiKey, utcnow
+from lrprobe.service.notify import key_topic, touch
 
 SECRET_PREFIX = "lrp_"
 _SHOWN_PREFIX = 12
@@ -36,13 +37,18 @@ def new_secret() -> str:
 
 def authenticate(sessions: sessionmaker[Session], secret: str) -> Principal | None:
     """The live key whose secret this is, or None."""
+    return authenticate_hash(sessions, hash_secret(secret))
+
+
+def authenticate_hash(sessions: sessionmaker[Session], secret_hash: str) -> Principal | None:
+    """The live key whose secret has this sha256, or None."""
     with sessions() as session:
-        key = session.scalar(
-            select(ApiKey).where(
-                ApiKey.secret_hash == hash_secret(secret), ApiKey.revoked_at.is_(None)
+        row = session.execute(
+            select(ApiKey.id, ApiKey.admin).where(
+                ApiKey.secret_hash == secret_hash, ApiKey.revoked_at.is_(None)
             )
-        )
-        return None if key is None else Principal(id=key.id, admin=key.admin)
+        ).first()
+        return None if row is None else Principal(id=row.id, admin=row.admin)
 
 
 def _out(key: ApiKey) -> ApiKeyOut:
@@ -82,6 +88,7 @@ def revoke_key(sessions: sessionmaker[Session], key_id: str) -> ApiKeyOut:
             raise KeyNotFoundError(f"There is no API key {key_id!r}; list keys with GET /v1/keys.")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
+            touch(session, key_topic(key_id))
         return _out(key)
 
 

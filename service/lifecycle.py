@@ -25,6 +25,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service.models import Job, JobEvent, Recommendation, utcnow
+from lrprobe.service.notify import job_topic, touch
 
 
 class JobStatus(StrEnum):
@@ -59,6 +60,7 @@ def new_id() -> str:
 
 def record(session: Session, job_id: str, kind: str, **data: Any) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
+    touch(session, job_topic(job_id))
 
 
 def claim(sessions: sessionmaker[Session], job_id: str, worker: str, lease: float) -> Job | None:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
         description="Celery queue the API sends jobs to and workers and the reaper use; give "
         "each deployment that shares a broker its own.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the event channel (job events reach open streams without "
+        "polling) and the per-key rate limit shared by all API replicas; default: the broker "
+        "URL when it is a redis:// URL, else none (the embedded mode).",
+    )
     artifact_url: str | None = Field(
         None,
         description="fsspec URL or path where uploaded checkpoints and datasets are stored "
@@ -101,6 +107,12 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         600, description="Requests per minute allowed for one API key (429 beyond)."
     )
+    auth_cache_seconds: float = Field(
+        5.0,
+        description="How long an API process trusts a key it has authenticated without asking "
+        "the database again: the bound on how late a revocation takes effect in a process that "
+        "missed its announcement (0: no cache).",
+    )
     session_secret: SecretStr | None = Field(
         None,
         description="Key that signs dashboard session cookies; API replicas must share it. "
@@ -117,6 +129,13 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @cached_property
+    def resolved_redis_url(self) -> str | None:
+        if self.redis_url is not None:
+            return self.redis_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     @cached_property
     def resolved_artifact_url(self) -> str:

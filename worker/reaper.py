@@ -25,6 +25,7 @@ from lrprobe.service import lifecycle
 from lrprobe.service.broker import make_celery, send_job
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.models import Job
+from lrprobe.service.notify import notifier_for
 from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def run_forever(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     sessions = make_sessionmaker(
-        make_engine(settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS)
+        make_engine(settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS),
+        notifier_for(settings.resolved_redis_url),
     )
     celery_app = make_celery(settings)
     log.info("reaper: every %.0f s on %s", interval, settings.resolved_database_url)

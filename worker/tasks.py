@@ -16,6 +16,7 @@ from celery import Celery
 
 from lrprobe.service.broker import RUN_JOB
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
+from lrprobe.service.notify import notifier_for
 from lrprobe.service.settings import Settings
 from lrprobe.worker import devices, runner
 
@@ -28,7 +29,8 @@ def worker_context() -> runner.WorkerContext:
     engine = make_engine(
         settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
     )
-    sessions = make_sessionmaker(engine)
+    # Job events are announced after each commit, so open event streams follow at once.
+    sessions = make_sessionmaker(engine, notifier_for(settings.resolved_redis_url))
     return runner.WorkerContext.create(settings, sessions)
 
 

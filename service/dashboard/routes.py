@@ -41,8 +41,8 @@ from lrprobe.service.dashboard.session import (
     start_session,
 )
 from lrprobe.service.data_refs import BUILTIN_DATASETS
-from lrprobe.service.deps import Services, ServicesDep, throttled
-from lrprobe.service.errors import PayloadTooLargeError, RateLimitedError, ServiceError
+from lrprobe.service.deps import Services, ServicesDep, check_rate, throttled
+from lrprobe.service.errors import PayloadTooLargeError, ServiceError
 from lrprobe.service.lifecycle import FINAL, JobStatus
 from lrprobe.service.upload_stream import UploadPace, receive_upload
 
@@ -141,20 +141,14 @@ def _secret(request: Request, services: Services) -> bytes:
     return secret
 
 
-def _current(request: Request, services: ServicesDep) -> DashboardSession:
+async def _current(request: Request, services: ServicesDep) -> DashboardSession:
     parsed = read_cookie(_secret(request, services), request.cookies.get(SESSION_COOKIE))
     if parsed is None:
         raise SignInRequiredError
-    signed_in = live_key(services.sessions, *parsed)
+    signed_in = await run_in_threadpool(live_key, services.sessions, *parsed)
     if signed_in is None:
         raise SignInRequiredError
-    wait = services.limiter.take(signed_in.principal.id)
-    if wait is not None:
-        raise RateLimitedError(
-            f"This key is over its limit of {services.settings.rate_limit_per_minute} requests "
-            f"per minute; retry in {wait} s.",
-            retry_after=wait,
-        )
+    await check_rate(services, signed_in.principal)
     return signed_in
 
 

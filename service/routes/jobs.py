@@ -20,7 +20,7 @@ from lrprobe.client.schemas import (
     Recommendation,
 )
 from lrprobe.service import jobs
-from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
+from lrprobe.service.deps import CurrentKey, ReadsDep, ServicesDep, SessionsDep
 from lrprobe.service.errors import UnprocessableError
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
@@ -29,7 +29,6 @@ from lrprobe.service.routes import problems
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit; a larger cursor cannot name one
-EVENT_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -71,7 +70,7 @@ def submit_job(
 
 @router.get("", response_model=JobPage, responses=problems(401, 422))
 def list_jobs(
-    sessions: SessionsDep,
+    sessions: ReadsDep,
     key: CurrentKey,
     status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
     q: Annotated[
@@ -83,16 +82,26 @@ def list_jobs(
     ] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
-) -> JobPage:
+) -> Response:
     """This key's jobs, newest first, in pages."""
     wanted = None if status is None else JobStatus(status)
-    return jobs.list_jobs(sessions, key, status=wanted, text=q, run=run, cursor=cursor, limit=limit)
+    # Serialised by the use case (rows straight to JSON): a JobPage returned here would be
+    # validated again by FastAPI, which took longer than the query.
+    return _json(
+        jobs.list_jobs_json(
+            sessions, key, status=wanted, text=q, run=run, cursor=cursor, limit=limit
+        )
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
-def get_job(job_id: str, sessions: SessionsDep, key: CurrentKey) -> JobOut:
+def get_job(job_id: str, sessions: ReadsDep, key: CurrentKey) -> Response:
     """One job: status, progress, error."""
-    return jobs.get_job(sessions, key, job_id)
+    return _json(jobs.get_job_json(sessions, key, job_id))
+
+
+def _json(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
 
 
 @router.get(
@@ -131,12 +140,12 @@ async def job_events(
     """Progress and status events. With ``Accept: text/event-stream``: server-sent events
     that resume after ``Last-Event-ID`` and end when the job is final. Otherwise (the polling
     fallback): a JSON list of the events after ``?after=``."""
-    first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, after)
+    first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, after)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return first
     start = _resume_from(last_event_id, after)
     if start != after:
-        first = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, start)
+        first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, start)
     return StreamingResponse(
         _stream(services, key, job_id, first, start),
         media_type="text/event-stream",
@@ -161,22 +170,28 @@ def _resume_from(last_event_id: str | None, after: int) -> int:
 async def _stream(
     services: ServicesDep, key: Principal, job_id: str, page: JobEventList, cursor: int
 ) -> AsyncIterator[str]:
-    idle = 0.0
     yield "retry: 2000\n\n"
-    while True:
-        for event in page.items:
-            data = json.dumps({"job_id": event.job_id, "at": event.at.isoformat(), **event.data})
-            yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
-            cursor = event.id
-        if page.final:
-            yield f"event: end\ndata: {json.dumps({'status': page.status})}\n\n"
-            return
-        if page.items:
-            idle = 0.0
-        else:
-            await asyncio.sleep(EVENT_POLL_SECONDS)
-            idle += EVENT_POLL_SECONDS
-            if idle >= KEEPALIVE_SECONDS:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-        page = await run_in_threadpool(jobs.list_events, services.sessions, key, job_id, cursor)
+    # Watch before the next read, and clear the flag before each read: a change committed
+    # after a read sets the flag again, so none is missed. Between changes the stream waits
+    # on the flag and costs no query (lrprobe.service.events).
+    with services.events.watch(job_id) as changed:
+        changed.set()  # read once more now that it watches: the first page was read before
+        while True:
+            for event in page.items:
+                data = json.dumps(
+                    {"job_id": event.job_id, "at": event.at.isoformat(), **event.data}
+                )
+                yield f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
+                cursor = event.id
+            if page.final:
+                yield f"event: end\ndata: {json.dumps({'status': page.status})}\n\n"
+                return
+            if not page.items or len(page.items) < jobs.MAX_EVENTS:
+                while True:
+                    try:
+                        await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
+                        break
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+            changed.clear()
+            page = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, cursor)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from lrprobe.client.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from lrprobe.service import keys
-from lrprobe.service.deps import AdminKey, SessionsDep
+from lrprobe.service.deps import AdminKey, ServicesDep, SessionsDep
 from lrprobe.service.routes import problems
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -25,6 +25,10 @@ def list_keys(sessions: SessionsDep, _admin: AdminKey) -> list[ApiKeyOut]:
 
 
 @router.delete("/{key_id}", response_model=ApiKeyOut, responses=problems(401, 403, 404))
-def revoke_key(key_id: str, sessions: SessionsDep, _admin: AdminKey) -> ApiKeyOut:
-    """Revoke a key: it stops working at once; its jobs and models stay."""
-    return keys.revoke_key(sessions, key_id)
+def revoke_key(key_id: str, services: ServicesDep, _admin: AdminKey) -> ApiKeyOut:
+    """Revoke a key: it stops working at once on this API process, and on every other within
+    ``LRPROBE_AUTH_CACHE_SECONDS`` (at once too where Redis carries the announcement); its jobs
+    and models stay."""
+    revoked = keys.revoke_key(services.sessions, key_id)
+    services.principals.drop_key(revoked.id)
+    return revoked

@@ -58,7 +58,8 @@ def test_unknown_routes_methods_and_bad_bodies_are_problems(api: RunningApi) -> 
 def test_a_database_outage_is_a_503_problem(api: RunningApi) -> None:
     dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={
         "connect_timeout": 2})  # fmt: skip
-    api.client.app.state.services.sessions = make_sessionmaker(dead)  # type: ignore[attr-defined]
+    services = api.client.app.state.services  # type: ignore[attr-defined]
+    services.sessions = services.reads = make_sessionmaker(dead)
     response = api.client.get("/v1/jobs", headers=api.auth(api.key_a))
     _problem(response, 503, "service_unavailable")
     assert response.headers["retry-after"] == "5"
