@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service import lifecycle
 from lrprobe.service.lifecycle import JobStatus
+from lrprobe.worker.jobspec import SpecError, parse_spec
 from lrprobe.worker.runner import WorkerContext, run_job
 from tests.worker.jobs import database, job_row, make_job, settings_for, store_checkpoint
 
@@ -178,3 +179,20 @@ def test_a_probe_process_that_dies_fails_its_job_with_a_code(
     job = job_row(sessions, job_id)
     assert job.error_code == code
     assert job.error_detail and says in job.error_detail
+
+
+@pytest.mark.parametrize(
+    ("rule", "says"),
+    [
+        ({"a" * 257: "g"}, "at most 256 characters"),
+        ({f"^layer{i}\\.": f"g{i}" for i in range(65)}, "at most 64 rules"),
+        ({"(": "g"}, "not a valid regular expression"),
+    ],
+)
+def test_partition_regexes_are_bounded_before_they_are_compiled(
+    rule: dict[str, str], says: str
+) -> None:
+    spec = {"model_id": "m", "data": "builtin://iris", "partition": {"rule": rule}}
+
+    with pytest.raises(SpecError, match=says):
+        parse_spec(spec)
