@@ -11,6 +11,12 @@ Two child processes run the same code as production:
 
 A supervisor thread restarts either child if it exits while the services run (a probe that
 exhausts memory kills its worker; the reaper then gives the job back, up to ``max_attempts``).
+
+The children live and die with serve: each gets the read end of a pipe whose write end only
+this process holds (``LRPROBE_LIFELINE_FD``) and exits when it reads EOF, which the kernel
+delivers when serve exits for any reason, kill -9 included; and each takes a lock file per role
+in ``DATA_DIR/run`` (``LRPROBE_LIFELINE_LOCK``), so that a restart never runs two of either
+(``lrprobe.worker.lifeline``).
 Children get the serve process's settings through ``LRPROBE_*`` variables, so options given on
 the command line reach them too. This module starts processes by module name and imports
 nothing of ``worker``.
@@ -71,6 +77,10 @@ def reaper_command(interval: float | None = None) -> list[str]:
     return command if interval is None else [*command, "--interval", str(interval)]
 
 
+LIFELINE_FD_ENV = "LRPROBE_LIFELINE_FD"
+LIFELINE_LOCK_ENV = "LRPROBE_LIFELINE_LOCK"
+
+
 @dataclass
 class _Child:
     name: str
@@ -90,6 +100,8 @@ class BackgroundServices:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    # Read end given to every child; the write end stays here, unwritten, until we exit.
+    _lifeline: tuple[int, int] = field(default_factory=os.pipe)
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:
@@ -110,13 +122,18 @@ class BackgroundServices:
         with self._lock:
             for child in self.children:
                 _terminate(child)
+        for fd in self._lifeline:
+            os.close(fd)
 
     def _spawn(self, child: _Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        read_end = self._lifeline[0]
+        lock = Path(self.settings.data_dir).resolve() / "run" / f"{child.name}.lock"
+        env = self.env | {LIFELINE_FD_ENV: str(read_end), LIFELINE_LOCK_ENV: str(lock)}
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = subprocess.Popen(
-                child.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                child.command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(read_end,),
             )  # fmt: skip
         log.info("embedded %s started (pid %d)", child.name, child.process.pid)
 
