@@ -65,7 +65,8 @@ def serve_command(
 
     from lrprobe.service import migrate
     from lrprobe.service.app import create_app
-    from lrprobe.service.embedded import start_background_services
+    from lrprobe.service.embedded import repair_local_broker, start_background_services
+    from lrprobe.service.errors import ServiceUnavailableError
     from lrprobe.service.settings import Settings
 
     settings = Settings()
@@ -73,11 +74,17 @@ def serve_command(
     if migrate_first:
         migrate.upgrade(settings.resolved_database_url)
     _ensure_admin(settings, announce=True)
+    repaired = repair_local_broker(settings)
+    if repaired is not None:
+        typer.echo(repaired)
     background = start_background_services(settings) if worker else None
     if worker:  # embedded: a finished example job greets the first visit
         from lrprobe.service.dashboard.example import ensure_example_job
 
-        ensure_example_job(settings)
+        try:
+            ensure_example_job(settings)
+        except ServiceUnavailableError as exc:  # /readyz says why; serving goes on
+            typer.echo(f"The example job was not submitted: {exc.detail}")
     typer.echo(f"Dashboard: http://{host}:{port}/ui/  (sign in with an API key)")
     # uvicorn re-raises the SIGTERM it handled once the server has stopped; turning it into
     # SystemExit lets the finally below stop the worker and reaper instead of orphaning them.

@@ -24,13 +24,16 @@ nothing of ``worker``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +151,50 @@ class BackgroundServices:
                                     child.process.returncode)  # fmt: skip
                         child.restarts += 1
                         self._spawn(child)
+
+
+def repair_local_broker(settings: Settings) -> str | None:
+    """Move a corrupt embedded broker file aside so that kombu creates a new one; returns what
+    was done (None when the file is sound or there is none, or the broker is not local).
+
+    Only messages are lost with it: every job is a database row, and the reaper re-sends the
+    ones still queued after ``requeue_after_seconds``.
+    """
+    url = settings.resolved_broker_url
+    prefix = next((p for p in ("sqla+sqlite:///", "sqlalchemy+sqlite:///") if url.startswith(p)),
+                  None)  # fmt: skip
+    if prefix is None:
+        return None
+    path = Path(url.removeprefix(prefix))
+    if not path.is_file():
+        return None
+    problem = _sqlite_problem(path)
+    if problem is None:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    path.replace(moved)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.replace(moved.with_name(moved.name + suffix))
+    message = (
+        f"The broker file {path} was corrupt ({problem}); moved it to {moved.name} and started "
+        f"a new one. Jobs still queued are re-sent by the reaper within "
+        f"{settings.requeue_after_seconds:g} s."
+    )
+    log.warning("%s", message)
+    return message
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    verdict = [str(row[0]) for row in rows]
+    return None if verdict == ["ok"] else "; ".join(verdict)[:200]
 
 
 def start_background_services(

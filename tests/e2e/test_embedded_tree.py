@@ -15,8 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import keys, migrate
+from lrprobe.service.app import create_app
 from tests.reliability.servers import free_port, wait_until
+from tests.service.api_support import make_settings, safetensors_mlp
 
 pytestmark = [pytest.mark.slow]
 
@@ -143,4 +148,58 @@ def test_kill_9_of_serve_takes_its_worker_and_reaper_and_a_restart_runs_one_of_e
     serve.wait(lambda: all(len(c) == 1 for c in serve.children()), 60, "one worker and reaper")
     time.sleep(3.0)  # past a supervisor round: nothing restarts a second one
     assert [len(c) for c in serve.children()] == [1, 1]
+    client.close()
+
+
+GARBAGE = b"this is not a database" * 200
+
+
+def test_a_corrupt_broker_file_is_not_ready_and_refuses_jobs_with_503(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate.upgrade(url)
+    (tmp_path / "broker.sqlite").write_bytes(GARBAGE)
+    settings = make_settings(url, tmp_path)
+    assert settings.resolved_broker_url.startswith("sqla+sqlite:///")
+    app = create_app(settings)  # the real queue: Celery on the (corrupt) SQLite broker
+    with TestClient(app) as client:
+        sessions = app.state.services.sessions
+        key = keys.create_key(sessions, ApiKeyCreate(name="a")).secret
+        auth = {"Authorization": f"Bearer {key}"}
+        uploaded = client.post("/v1/models", headers=auth,
+                               files={"file": ("m.safetensors", safetensors_mlp())})  # fmt: skip
+        assert uploaded.status_code == 201, uploaded.text
+
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["broker"] is False
+        assert "not a database" in ready.json()["detail"]["broker"]
+
+        body = {"model_id": uploaded.json()["id"], "data": "builtin://digits",
+                "loss": "cross_entropy"}  # fmt: skip
+        refused = client.post("/v1/jobs", headers=auth, json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["code"] == "broker_unavailable"
+        assert "retry" in refused.json()["detail"]
+        assert client.get("/v1/jobs", headers=auth).json()["items"] == []
+
+
+def test_serve_replaces_a_corrupt_broker_file_says_so_and_runs_jobs(serve: Serve) -> None:
+    serve.data_dir.mkdir()
+    (serve.data_dir / "broker.sqlite").write_bytes(GARBAGE)
+
+    _, client = serve.start()
+
+    out = serve.log.read_text()
+    assert "broker.sqlite was corrupt" in out and "moved it to broker.sqlite.corrupt-" in out
+    assert [p.read_bytes() for p in serve.data_dir.glob("broker.sqlite.corrupt-*")] == [GARBAGE]
+    assert client.get("/readyz").status_code == 200
+    secret = out.split("Admin API key (shown once, keep it): ")[1].split()[0]
+    auth = {"Authorization": f"Bearer {secret}"}
+
+    def example_job_done() -> bool:
+        items = client.get("/v1/jobs", headers=auth).json()["items"]
+        return bool(items) and items[0]["status"] == "succeeded"
+
+    serve.wait(example_job_done, 180, "the example job to run")
     client.close()
