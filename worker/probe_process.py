@@ -51,6 +51,10 @@ _OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "cannot all
 OUT_OF_MEMORY_ADVICE = (
     "The probe ran out of memory; lower budget.batch_size or use a smaller model."
 )
+INTERNAL_ERROR_ADVICE = (
+    "The worker hit an unexpected error (it is in the worker's log); retry the job, and report "
+    "it if it happens again."
+)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -124,11 +128,7 @@ def outcome(work: ProbeWork, progress: Callable[[ProbeProgress], None]) -> Outco
             log.warning("job %s ran out of memory", work.job_id, exc_info=True)
             return Failed("out_of_memory", OUT_OF_MEMORY_ADVICE)
         log.exception("job %s failed with an unexpected error", work.job_id)
-        return Failed(
-            "internal_error",
-            "The worker hit an unexpected error (it is in the worker's log); retry the job, "
-            "and report it if it happens again.",
-        )
+        return Failed("internal_error", INTERNAL_ERROR_ADVICE)
 
 
 def execute(work: ProbeWork, progress: Callable[[ProbeProgress], None]) -> dict[str, Any]:

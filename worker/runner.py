@@ -44,6 +44,7 @@ from lrprobe.worker.jobspec import SpecError, parse_spec
 from lrprobe.worker.newton import METHOD_VERSION, OptimizerSpec, ProbeProgress
 from lrprobe.worker.pipeline import ProbeRequest
 from lrprobe.worker.probe_process import (
+    INTERNAL_ERROR_ADVICE,
     Failed,
     JobError,
     Outcome,
@@ -101,6 +102,9 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
         return _stopped(sessions, job_id, worker, stop.reason, limit)
     except SoftTimeLimitExceeded:  # Celery's backstop, under a prefork pool
         return _fail(sessions, job_id, worker, "time_limit_exceeded", _limit_advice(limit))
+    except Exception:  # in this process, around the probe: a bug, never the user's input
+        log.exception("job %s failed with an unexpected error", job_id)
+        return _fail(sessions, job_id, worker, "internal_error", INTERNAL_ERROR_ADVICE)
     finally:
         watch.lease.stop()
     if isinstance(outcome, Failed):
