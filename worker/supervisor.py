@@ -9,7 +9,9 @@ Children come from a *forkserver*: a clean process, started once per worker, tha
 torch and the intake but never run a torch operation. Forking it is fast (no per-job import)
 and safe, where forking the worker itself is not (a process that ran torch's thread pools hangs
 its forked children). The forkserver exits when the worker dies, and each child is armed with
-``PR_SET_PDEATHSIG``, so no probe outlives its worker.
+``PR_SET_PDEATHSIG``, so no probe outlives its worker. Like any ``multiprocessing`` child, a
+probe process imports the worker's ``__main__`` module by path (``celery``'s and ``pytest``'s
+guard their entry point).
 """
 
 from __future__ import annotations
@@ -36,12 +38,21 @@ log = logging.getLogger(__name__)
 
 # How long a child that sent its outcome may take to exit before it is killed.
 EXIT_GRACE_SECONDS = 5.0
+# Imported once by the forkserver, so that no job pays for them: the probe itself, and what
+# the probe, the built-in datasets and the tabular formats import on first use (torch imports
+# torch._dynamo at the first functional transform, scikit-learn importlib's resource readers
+# at the first load; seconds per job otherwise). Only imports: none of these starts a thread,
+# which would make forking unsafe.
+PRELOAD = (
+    "lrprobe.worker.probe_process", "torch._dynamo", "sklearn.datasets", "pandas",
+    "importlib.resources.readers",
+)  # fmt: skip
 
 
 @functools.cache
 def _context() -> ForkServerContext:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lrprobe.worker.probe_process"])
+    context.set_forkserver_preload(list(PRELOAD))
     return context
 
 
