@@ -222,6 +222,10 @@ def child_main(work: ProbeWork, conn: Connection) -> None:
     conn.close()
 
 
+def ready() -> None:
+    """A child that does nothing: started once to wait for the forkserver's imports."""
+
+
 def die_with_parent() -> None:
     """Have the kernel SIGKILL this process when its parent dies (Linux), so that a probe never
     outlives the worker that supervises it, even one killed with SIGKILL."""

@@ -87,6 +87,8 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
     The status is None too when the claim was lost while running (another worker owns the job).
     """
     settings, sessions = context.settings, context.sessions
+    if settings.probe_isolation:
+        supervisor.warm_up()  # before the claim: the first job's limit does not pay for it
     worker = f"{context.name}:{uuid.uuid4().hex[:8]}"  # one claim, one owner name
     lease_s = settings.lease_seconds
     job = _retrying(lambda: lifecycle.claim(sessions, job_id, worker, lease_s), job_id, "claim")

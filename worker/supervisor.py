@@ -32,6 +32,7 @@ from lrprobe.worker.probe_process import (
     ProbeWork,
     Succeeded,
     child_main,
+    ready,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,15 @@ def _signal_name(number: int) -> str:
         return f"signal {signal.Signals(number).name}"
     except ValueError:
         return f"signal {number}"
+
+
+@functools.cache
+def warm_up() -> None:
+    """Start the forkserver and wait until it has imported :data:`PRELOAD` (once per process,
+    tens of seconds on a busy machine), so that no job's time limit pays for it."""
+    process = _context().Process(target=ready, name="probe-warm-up", daemon=True)
+    process.start()
+    process.join()
 
 
 def start(work: ProbeWork) -> ProbeProcess:
