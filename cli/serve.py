@@ -84,7 +84,8 @@ def serve_command(
     from lrprobe.cli.database import database_errors, load_settings, make_data_dir
     from lrprobe.service import migrate
     from lrprobe.service.app import create_app
-    from lrprobe.service.embedded import start_background_services
+    from lrprobe.service.embedded import repair_local_broker, start_background_services
+    from lrprobe.service.errors import ServiceUnavailableError
 
     settings = load_settings()
     _require_free_port(host, port)
@@ -101,11 +102,17 @@ def serve_command(
             "'lrprobe[worker]'. Serving the API and dashboard only; jobs stay queued."
         )
         worker = False
+    repaired = repair_local_broker(settings)
+    if repaired is not None:
+        typer.echo(repaired)
     background = start_background_services(settings) if worker else None
     if worker:  # embedded: a finished example job greets the first visit
         from lrprobe.service.dashboard.example import ensure_example_job
 
-        ensure_example_job(settings)
+        try:
+            ensure_example_job(settings)
+        except ServiceUnavailableError as exc:  # /readyz says why; serving goes on
+            typer.echo(f"The example job was not submitted: {exc.detail}")
     typer.echo(f"Dashboard: http://{host}:{port}/ui/  (sign in with an API key)")
     # uvicorn re-raises the SIGTERM it handled once the server has stopped; turning it into
     # SystemExit lets the finally below stop the worker and reaper instead of orphaning them.

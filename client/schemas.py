@@ -318,6 +318,10 @@ class OptimizerSpec(BaseModel):
         return self
 
 
+MAX_PARTITION_RULES = 64
+MAX_REGEX_LENGTH = 256
+
+
 class PartitionSpec(BaseModel):
     """How parameters are grouped, one learning rate per group. A bare rule string (``"layer"``)
     means that rule; ``{"rule": {"^encoder\\\\.": "encoder"}}`` groups by regular expressions
@@ -345,7 +349,15 @@ class PartitionSpec(BaseModel):
         if isinstance(value, dict):
             if not value:
                 raise ValueError("a regex partition needs at least one {regex: group_name} rule")
+            # Bounds on what is compiled; a pattern that backtracks for ever is stopped by the
+            # worker's time limit (the probe runs in a process it kills).
+            if len(value) > MAX_PARTITION_RULES:
+                raise ValueError(f"a regex partition has at most {MAX_PARTITION_RULES} rules")
             for pattern, name in value.items():
+                if len(pattern) > MAX_REGEX_LENGTH:
+                    raise ValueError(
+                        f"each partition regex is at most {MAX_REGEX_LENGTH} characters"
+                    )
                 try:
                     re.compile(pattern)
                 except re.error as exc:

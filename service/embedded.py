@@ -11,6 +11,12 @@ Two child processes run the same code as production:
 
 A supervisor thread restarts either child if it exits while the services run (a probe that
 exhausts memory kills its worker; the reaper then gives the job back, up to ``max_attempts``).
+
+The children live and die with serve: each gets the read end of a pipe whose write end only
+this process holds (``LRPROBE_LIFELINE_FD``) and exits when it reads EOF, which the kernel
+delivers when serve exits for any reason, kill -9 included; and each takes a lock file per role
+in ``DATA_DIR/run`` (``LRPROBE_LIFELINE_LOCK``), so that a restart never runs two of either
+(``lrprobe.worker.lifeline``).
 Children get the serve process's settings through ``LRPROBE_*`` variables, so options given on
 the command line reach them too. This module starts processes by module name and imports
 nothing of ``worker``.
@@ -18,13 +24,16 @@ nothing of ``worker``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +77,10 @@ def reaper_command(interval: float | None = None) -> list[str]:
     return command if interval is None else [*command, "--interval", str(interval)]
 
 
+LIFELINE_FD_ENV = "LRPROBE_LIFELINE_FD"
+LIFELINE_LOCK_ENV = "LRPROBE_LIFELINE_LOCK"
+
+
 @dataclass
 class _Child:
     name: str
@@ -87,6 +100,8 @@ class BackgroundServices:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
+    # Read end given to every child; the write end stays here, unwritten, until we exit.
+    _lifeline: tuple[int, int] = field(default_factory=os.pipe)
 
     @property
     def worker(self) -> subprocess.Popen[bytes] | None:
@@ -107,13 +122,18 @@ class BackgroundServices:
         with self._lock:
             for child in self.children:
                 _terminate(child)
+        for fd in self._lifeline:
+            os.close(fd)
 
     def _spawn(self, child: _Child) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        read_end = self._lifeline[0]
+        lock = Path(self.settings.data_dir).resolve() / "run" / f"{child.name}.lock"
+        env = self.env | {LIFELINE_FD_ENV: str(read_end), LIFELINE_LOCK_ENV: str(lock)}
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = subprocess.Popen(
-                child.command, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                child.command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(read_end,),
             )  # fmt: skip
         log.info("embedded %s started (pid %d)", child.name, child.process.pid)
 
@@ -128,6 +148,50 @@ class BackgroundServices:
                                     child.process.returncode)  # fmt: skip
                         child.restarts += 1
                         self._spawn(child)
+
+
+def repair_local_broker(settings: Settings) -> str | None:
+    """Move a corrupt embedded broker file aside so that kombu creates a new one; returns what
+    was done (None when the file is sound or there is none, or the broker is not local).
+
+    Only messages are lost with it: every job is a database row, and the reaper re-sends the
+    ones still queued after ``requeue_after_seconds``.
+    """
+    url = settings.resolved_broker_url
+    prefix = next((p for p in ("sqla+sqlite:///", "sqlalchemy+sqlite:///") if url.startswith(p)),
+                  None)  # fmt: skip
+    if prefix is None:
+        return None
+    path = Path(url.removeprefix(prefix))
+    if not path.is_file():
+        return None
+    problem = _sqlite_problem(path)
+    if problem is None:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    path.replace(moved)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.replace(moved.with_name(moved.name + suffix))
+    message = (
+        f"The broker file {path} was corrupt ({problem}); moved it to {moved.name} and started "
+        f"a new one. Jobs still queued are re-sent by the reaper within "
+        f"{settings.requeue_after_seconds:g} s."
+    )
+    log.warning("%s", message)
+    return message
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    verdict = [str(row[0]) for row in rows]
+    return None if verdict == ["ok"] else "; ".join(verdict)[:200]
 
 
 def start_background_services(

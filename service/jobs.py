@@ -40,6 +40,7 @@ from lrprobe.service.errors import (
     JobNotFinishedError,
     JobNotFoundError,
     ModelNotFoundError,
+    ServiceUnavailableError,
 )
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import FINAL, JobStatus
@@ -109,6 +110,15 @@ def submit_job(
         replay = _replay(sessions, owner, idempotency_key, digest)
         if replay is not None:
             return Submitted(replay, created=False)
+    if not queue.ping():
+        # A job accepted now might never run (a corrupt broker file never recovers); a
+        # passing blip is still covered by the reaper, which re-sends unsent jobs.
+        raise ServiceUnavailableError(
+            "The job queue does not work right now, so the job was not created; retry in a "
+            "minute, and if it persists ask the operator to check GET /readyz.",
+            code="broker_unavailable",
+            headers={"Retry-After": "30"},
+        )
     try:
         with sessions.begin() as session:
             model = session.scalar(

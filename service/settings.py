@@ -121,6 +121,26 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, description="torch threads per worker process; default: torch's choice."
     )
+    probe_isolation: bool = Field(
+        True,
+        description="Run each probe in a child process that the worker supervises: the time "
+        "limit is a hard kill, and a crash, hang or out-of-memory fails only that job. Off: "
+        "the probe runs in the worker process and its limit acts only between batches "
+        "(debugging only).",
+    )
+    probe_memory_limit_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Cap on a probe process's heap and private memory (RLIMIT_DATA, torch's "
+        "own ~0.5 GB included); past it the job fails with out_of_memory. Default: no cap.",
+    )
+    probe_cuda_memory_fraction: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Share of the GPU's memory one probe may allocate "
+        "(torch.cuda.set_per_process_memory_fraction). Default: no cap.",
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -7,10 +7,14 @@ reaper send to it.
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.signals import worker_init
 from kombu.transport import sqlalchemy as sql_transport
 
 from lrprobe.service.broker import make_celery
 from lrprobe.service.settings import Settings
+from lrprobe.worker import lifeline
 from lrprobe.worker.tasks import register
 
 # The embedded broker (kombu's SQLAlchemy transport on SQLite) is polled: 1 s apart by default,
@@ -21,3 +25,9 @@ sql_transport.Transport.polling_interval = 0.05
 
 app = make_celery(Settings())
 register(app)
+
+
+@worker_init.connect
+def _attach_to_serve(**_: Any) -> None:
+    """Under ``lrprobe serve``: one worker per data dir, gone when serve is."""
+    lifeline.attach()

@@ -27,6 +27,7 @@ from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sess
 from lrprobe.service.models import Job
 from lrprobe.service.notify import notifier_for
 from lrprobe.service.settings import Settings
+from lrprobe.worker import lifeline
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heartbeat", type=Path, help="file to touch after each pass")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    lifeline.attach()  # under lrprobe serve: one reaper per data dir, gone when serve is
     settings = Settings()
     if args.once:
         sessions = make_sessionmaker(

@@ -50,14 +50,15 @@ def _readiness(services: Services) -> Ready:
         detail["schema"] = str(exc) if checks["database"] else "unknown: database unreachable"
     checks["broker"] = services.queue.ping()
     if not checks["broker"]:
-        detail["broker"] = "unreachable"
+        detail["broker"] = getattr(services.queue, "problem", None) or "unreachable"
     status = "ready" if all(checks.values()) else "not_ready"
     return Ready(status=status, checks=checks, detail=detail)  # type: ignore[arg-type]
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready to serve: database reachable, schema at the latest migration, broker reachable."""
+    """Ready to serve: database reachable, schema at the latest migration, and a message sent
+    through the broker came back."""
     ready = await run_in_threadpool(_readiness, services)
     return JSONResponse(
         ready.model_dump(mode="json"), status_code=200 if ready.status == "ready" else 503

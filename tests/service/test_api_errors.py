@@ -74,6 +74,7 @@ def test_health_readiness_and_metrics(api: RunningApi) -> None:
     api.queue.up = False
     down = api.client.get("/readyz")
     assert (down.status_code, down.json()["checks"]["broker"]) == (503, False)
+    api.queue.up = True
     api.job_id(api.key_a)
     text = api.client.get("/metrics", headers=api.auth(api.admin)).text
     assert 'lrprobe_http_requests_total{method="POST",route="/v1/jobs",status="202"} 1.0' in text

@@ -1,7 +1,8 @@
 """The job runner in-process, on SQLite and PostgreSQL: every way out leaves the job final.
 
 Rows are created with the ORM as the API would; ``run_job`` runs in the test's process (no
-broker: that is what ``tests/e2e`` covers).
+broker: that is what ``tests/e2e`` covers), and its probe in a supervised child process unless
+a test patches the probe.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from tests.worker.jobs import (
 )
 
 SLOW = {"batches": 256}
+# Tests that patch the probe in this process run it here (isolation off); the same ways out
+# with the probe in its supervised process are in tests/worker/test_supervision.py.
+IN_PROCESS = {"probe_isolation": False}
 
 
 @pytest.fixture
@@ -148,7 +152,7 @@ def test_a_model_that_does_not_fit_the_data_fails_with_advice(
 def test_a_cancel_request_stops_the_probe_between_batches(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    context, sha = context_for(sessions, tmp_path)
+    context, sha = context_for(sessions, tmp_path, **IN_PROCESS)
     job_id = make_job(sessions, sha, budget=SLOW)
     outcome: list[JobStatus | None] = []
     thread = threading.Thread(target=lambda: outcome.append(run_job(context, job_id)))
@@ -170,7 +174,7 @@ def test_a_cancel_request_stops_the_probe_between_batches(
 def test_a_probe_past_its_time_limit_fails_with_time_limit_exceeded(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    context, sha = context_for(sessions, tmp_path, default_time_limit_seconds=0.5)
+    context, sha = context_for(sessions, tmp_path, default_time_limit_seconds=0.5, **IN_PROCESS)
     job_id = make_job(sessions, sha, budget=SLOW)
 
     assert run_job(context, job_id) is JobStatus.FAILED
@@ -197,7 +201,7 @@ def test_errors_in_the_probe_fail_the_job_with_a_code(
     error: BaseException,
     code: str,
 ) -> None:
-    context, sha = context_for(sessions, tmp_path)
+    context, sha = context_for(sessions, tmp_path, **IN_PROCESS)
     job_id = make_job(sessions, sha)
 
     def broken_probe(*args: object, **kwargs: object) -> None:
@@ -215,7 +219,7 @@ def test_errors_in_the_probe_fail_the_job_with_a_code(
 def test_a_worker_whose_claim_was_taken_over_writes_nothing(
     sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context, sha = context_for(sessions, tmp_path)
+    context, sha = context_for(sessions, tmp_path, **IN_PROCESS)
     job_id = make_job(sessions, sha)
     real_probe = pipeline.probe
 
