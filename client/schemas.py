@@ -58,7 +58,7 @@ that fail in the worker carry the intake's or the core's codes in ``JobOut.error
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 LossName = Literal["cross_entropy", "mse", "bce", "lm_cross_entropy"]
 OptimizerName = Literal["sgd", "momentum", "adam", "adamw"]
-PartitionRuleName = Literal["layer", "tensor", "single"]
+PartitionRuleName = Literal["layer", "block", "kind", "tensor", "single"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -117,11 +117,16 @@ class PartitionSpec(BaseModel):
 
     rule: PartitionRuleName | dict[str, str] = Field(
         "layer",
-        description="layer (one group per module owning parameters), tensor, single, or a "
-        "mapping {regex: group_name}.",
+        description="layer (one group per module owning parameters), block (one per repeated "
+        "block, such as a transformer layer), kind (attention, mlp, norm per block; embeddings "
+        "together), tensor, single, or a mapping {regex: group_name}.",
     )
     max_groups: int | None = Field(
-        None, ge=1, le=10_000, description="Merge groups beyond this count (None: no limit)."
+        None,
+        ge=1,
+        le=10_000,
+        description="Merge groups beyond this count (None: automatic, at most 16 groups, "
+        "coarsened along the model's structure first).",
     )
 
     @model_validator(mode="before")

@@ -31,7 +31,7 @@ class ProbeRequest:
     loss: str = "cross_entropy"
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     partition: PartitionRule = "layer"
-    max_groups: int | None = None
+    max_groups: int | None = None  # None: the core's automatic cap
     batches: int = 40  # the budget: trajectory steps (default method)
     batch_size: int = 128
     heldout_batches: int = 4
@@ -93,7 +93,7 @@ def run_probe(
         _on_device(batches, device),
         optimizer=request.optimizer,
         partition=request.partition,
-        max_groups=request.max_groups,
+        max_groups="auto" if request.max_groups is None else request.max_groups,
         # The budget bounds both methods: trajectory steps take one batch each, the fixed
         # probe two per probe batch; the trajectory needs at least two steps.
         steps=max(request.batches, 2),

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lrprobe.worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
 from lrprobe.worker.newton.errors import NumericalError
-from lrprobe.worker.newton.partition import Group, PartitionRule, partition
+from lrprobe.worker.newton.partition import Group, MaxGroups, PartitionRule, partition
 from lrprobe.worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
 from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from lrprobe.worker.newton.state import preserved, shifted
@@ -55,7 +55,7 @@ def probe(
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
-    max_groups: int | None = None,
+    max_groups: MaxGroups = "auto",
     lam_int: float | None = None,
     third_order: bool | None = None,
     bootstrap: int = 200,
@@ -107,7 +107,9 @@ def probe(
         num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
-        max_groups: merge consecutive groups down to this many.
+        max_groups: at most this many groups; ``"auto"`` (the default) caps a named rule at
+            :data:`~lrprobe.worker.newton.partition.AUTO_MAX_GROUPS` by coarsening along the
+            model's structure (a 12-block transformer is probed per block), None: no cap.
         lam_int: weight of the cubic penalty; 0 gives Newton. Default: 0 for the trajectory,
             1 for the fixed-θ probe.
         third_order: compute ``d3`` (needed for the cubic rule). Default: with ``lam_int > 0``.
@@ -272,7 +274,7 @@ def _solver_notes(solution: Solution) -> list[str]:
     return [f"the cubic rule fell back to {solution.status.value}"]
 
 
-def _partition(model: nn.Module, rule: PartitionRule, max_groups: int | None) -> list[Group]:
+def _partition(model: nn.Module, rule: PartitionRule, max_groups: MaxGroups) -> list[Group]:
     return partition(model, rule, max_groups)
 
 
