@@ -10,8 +10,16 @@ Pure torch; imports nothing else of lrprobe, so it can be used as a library::
 
 from lrprobe.worker.newton import losses
 from lrprobe.worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
-from lrprobe.worker.newton.errors import NumericalError
-from lrprobe.worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
+from lrprobe.worker.newton.errors import NumericalError, OutOfMemoryProbeError
+from lrprobe.worker.newton.partition import (
+    AUTO_MAX_GROUPS,
+    Group,
+    MaxGroups,
+    PartitionRule,
+    merge_consecutive,
+    partition,
+)
+from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.probe import ProbeProgress, probe
 from lrprobe.worker.newton.result import (
     METHOD_VERSION,
@@ -26,15 +34,19 @@ from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solv
 from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 
 __all__ = [
+    "AUTO_MAX_GROUPS",
     "METHOD_VERSION",
     "OPTIMIZERS",
     "Cost",
     "Group",
     "GroupResult",
     "LossFn",
+    "MaxGroups",
     "NumericalError",
     "OptimizerSpec",
+    "OutOfMemoryProbeError",
     "PartitionRule",
+    "Precision",
     "ProbeProgress",
     "ProbeResult",
     "ScaleCheck",

@@ -114,3 +114,36 @@ def _slice(batch: Any, lo: int, hi: int) -> Any:
     if isinstance(batch, dict):
         return {key: _slice(value, lo, hi) for key, value in batch.items()}
     return batch
+
+
+def accumulated_backward(
+    loss_fn: Callable[[Any, Any], Tensor],
+    model: Any,
+    batch: Any,
+    params: Sequence[Tensor],
+    micro_batch: int | None,
+    check: Callable[[Tensor], None] | None = None,
+) -> tuple[Tensor, int | None]:
+    """``loss.backward()`` over micro-batches, each micro-batch's loss weighted by its share of
+    the examples, so that ``.grad`` is the whole batch's (gradient accumulation); ``.grad`` of
+    ``params`` is cleared first. ``check`` sees each micro-batch's loss before its backward.
+
+    Returns the batch's loss (detached) and the micro-batch size that fitted in memory.
+    """
+
+    def work(chunks: Sequence[tuple[Any, float]]) -> Tensor:
+        for p in params:
+            p.grad = None
+        total: Tensor | None = None
+        for chunk, weight in chunks:
+            loss = loss_fn(model, chunk)
+            if check is not None:
+                check(loss)
+            if not bool(torch.isfinite(loss.detach())):
+                return loss.detach()  # the caller stops the run; no gradient is needed
+            (loss * weight if weight != 1.0 else loss).backward()
+            part = loss.detach() * weight
+            total = part if total is None else total + part
+        return total if total is not None else torch.zeros(())
+
+    return run_halving(batch, micro_batch, work, "a training step")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.microbatches import run_halving
@@ -186,7 +187,9 @@ def _taylor(
         starts.append(starts[-1] + len(grp))
     S = len(tensors)
     exact_norms = PrimitiveNorms() if third_order or total_third_order else nullcontext()
-    with preserved(model, seed), torch.enable_grad(), exact_norms:
+    # Fused attention kernels (flash, memory-efficient) have no second derivative on a GPU;
+    # the math kernel is plain differentiable ops, in the passes' own precision.
+    with preserved(model, seed), torch.enable_grad(), exact_norms, sdpa_kernel(SDPBackend.MATH):
         loss = loss_fn(model, batch)
         check_loss(loss)
         grads = torch.autograd.grad(
