@@ -38,6 +38,8 @@ class ProbeRequest:
     block_size: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    micro_batch: int | None = None  # examples per pass; None: the whole batch
+    calibration_steps: int = 40  # the length of each λ₁ calibration run
 
 
 def select_device(requested: str) -> torch.device:
@@ -101,6 +103,8 @@ def run_probe(
         heldout_batches=request.heldout_batches,
         seed=request.seed,
         progress=progress,
+        micro_batch=request.micro_batch,
+        calibration_steps=request.calibration_steps,
     )
 
 

@@ -174,7 +174,9 @@ def _run(
         loaded = load_checkpoint(
             artifact_file(settings, model_row.sha256),
             arch=model_row.arch,
-            arch_config=model_row.arch_config or None,
+            # A Hugging Face upload's stored config is a summary for display; the archive
+            # carries the architecture, and the loader refuses a second one.
+            arch_config=None if model_row.format == "hf" else model_row.arch_config or None,
             max_bytes=settings.max_upload_bytes,
             allow_pt2=settings.allow_pt2,
         )
