@@ -68,6 +68,32 @@ def test_kind_rule_splits_each_block_into_attention_mlp_and_norm() -> None:
     assert all(".mlp." in n for n in groups["transformer.h.0.mlp"])
 
 
+class _TorchBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.mha = nn.MultiheadAttention(4, 2)
+        self.qkv = nn.Linear(4, 12)
+        self.fc = nn.Linear(4, 4)
+
+
+def test_attention_is_recognised_by_module_class_and_names() -> None:
+    model = nn.ModuleDict({"layers": nn.ModuleList([_TorchBlock(), _TorchBlock()])})
+
+    groups = {g.name: g.param_names for g in partition(model, rule="kind")}
+
+    assert groups["layers.1.attention"] == (
+        "layers.1.mha.in_proj_weight",
+        "layers.1.mha.in_proj_bias",
+        "layers.1.mha.out_proj.weight",
+        "layers.1.mha.out_proj.bias",
+        "layers.1.qkv.weight",
+        "layers.1.qkv.bias",
+    )
+    assert groups["layers.1.mlp"] == ("layers.1.fc.weight", "layers.1.fc.bias")
+    assert groups["layers.1.norm"] == ("layers.1.norm.weight", "layers.1.norm.bias")
+
+
 def test_a_sequential_of_single_layers_has_no_blocks() -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
 

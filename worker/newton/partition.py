@@ -209,9 +209,18 @@ def _by_kind(model: nn.Module, names: list[str]) -> list[Group]:
     return _ordered(names, keys)
 
 
+# Module names that mark attention inside a block (GPT-2's attn.c_attn, BERT's attention.self,
+# Llama's self_attn.q_proj, nanoGPT-style qkv). A bare "proj" is both attention's and the MLP's
+# output in some models, so it says nothing.
+_ATTENTION_NAMES = re.compile(
+    r"attn|attention|qkv|query|key|value|^[qkvo]_proj$|^(in|out)_proj", re.IGNORECASE
+)
+
+
 def _kind(name: str, modules: Mapping[str, nn.Module], block: str | None) -> str:
     """``embedding``, ``norm``, ``attention`` or ``mlp``, from the owning module's class and the
-    names of the modules between it and its block (``attn``, ``attention``, ``self_attn``)."""
+    names of the modules between it and its block (see ``_ATTENTION_NAMES``); the rest of a
+    block is ``mlp``."""
     owner = name.rpartition(".")[0]
     module = modules.get(owner)
     cls = type(module).__name__.lower() if module is not None else ""
@@ -220,9 +229,8 @@ def _kind(name: str, modules: Mapping[str, nn.Module], block: str | None) -> str
     if "norm" in cls:
         return "norm"
     path = owner[len(block) :] if block and owner.startswith(block) else owner
-    if "attn" in path.lower() or "attention" in path.lower() or "attention" in cls:
-        return "attention"
-    if isinstance(module, nn.MultiheadAttention):
+    parts = [*path.split("."), name.rpartition(".")[2]]
+    if "attention" in cls or any(_ATTENTION_NAMES.search(part) for part in parts if part):
         return "attention"
     return "mlp"
 
