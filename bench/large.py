@@ -13,7 +13,7 @@ memory of the model plus the optimizer's state, and against a child that only im
 same libraries and builds the model; the number of groups.
 
     python -m bench.large                       # the README's default settings
-    python -m bench.large --width 256 --steps 4 # what fits a busy shared CPU
+    python -m bench.large --steps 4 --calibration-steps 2   # a shorter run
     python -m bench.large --device cuda         # on a GPU
 
 The service runs the same pipeline (``lrprobe.worker.pipeline.run_probe``) on an uploaded
@@ -96,11 +96,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
-    parser.add_argument("--context", type=int, default=128, help="tokens per sequence")
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
+    # Defaults sized to finish in under 30 minutes on 2 shared CPU cores (README, Large models).
+    parser.add_argument("--context", type=int, default=64, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per batch")
     parser.add_argument("--micro-batch", type=int, default=None)
     parser.add_argument("--steps", type=int, default=8, help="trajectory steps (--batches)")
-    parser.add_argument("--calibration-steps", type=int, default=8)
+    parser.add_argument("--calibration-steps", type=int, default=4)
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--partition", default="layer")
     parser.add_argument("--max-groups", type=int, default=None, help="default: automatic")

@@ -188,6 +188,9 @@ def _run(
         s = None
         if t % period == 0 and t // period < len(summary_batches):
             u = _unit_step(optimizer, params)  # commits the optimizer state, restores θ
+            # The step is in u now: the gradients would only add one model's worth of memory
+            # to the summaries' peak.
+            optimizer.zero_grad(set_to_none=True)
             try:
                 s = summaries(
                     work, loss_fn, summary_batches[t // period], u, groups, third_order,
