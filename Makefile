@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a looser requirement would fetch a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[worker,service,cli,hf,dev]'
+	$(PY) -m pip install --quiet -e '.[worker,service,hf,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

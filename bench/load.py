@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp, database_url=f"{base}/{name}",
         broker_url=f"{args.redis}/{random.randrange(1, 16)}", rate_limit_per_minute=10**9,
+        queue=queue,
     )  # fmt: skip
     server: subprocess.Popen[bytes] | None = None
     try:
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seeded {args.jobs} jobs in {time.perf_counter() - started:.1f} s")
         port = _free_port()
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
-        env = child_environment(settings, queue, base_env)
+        env = child_environment(settings, base_env)
         with (tmp / "api.log").open("wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory",
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-        app = make_celery(settings, queue=queue)
+        app = make_celery(settings)
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
         app.close()

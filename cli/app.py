@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from lrprobe.cli.extras import require_extra
+
 app = typer.Typer(
     name="lrprobe",
     help="Per-layer learning rates for PyTorch models from one short grouped-Newton probe.",
@@ -13,8 +15,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lrprobe import __version__
+
+        typer.echo(f"lrprobe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def root() -> None:
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
     """Per-layer learning rates for PyTorch models from one short grouped-Newton probe."""
 
 
@@ -24,6 +38,7 @@ def demo(
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Probe a small MLP on scikit-learn's digits and print its per-layer learning rates."""
+    require_extra("worker", "demo")
     from lrprobe.cli.demo import run_demo
 
     run_demo(batches=batches, seed=seed)

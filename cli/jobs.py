@@ -97,7 +97,12 @@ def submit_command(
             data_ref = Path(data).expanduser()
         job = lrp.submit(
             model=model_id or "", data=data_ref, loss=loss,  # type: ignore[arg-type]
-            optimizer={"name": optimizer, "momentum": momentum, "weight_decay": weight_decay},
+            optimizer={
+                "name": optimizer,
+                "weight_decay": weight_decay,
+                # the other optimizers keep their own default (RMSprop's momentum is 0)
+                **({"momentum": momentum} if optimizer == "momentum" else {}),
+            },
             partition={"rule": rules, "max_groups": max_groups},
             budget={"batches": batches, "batch_size": batch_size,
                     "heldout_batches": heldout_batches},

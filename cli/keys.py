@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from lrprobe.cli.errors import fail
+from lrprobe.cli.extras import require_extra
 from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
 
 if TYPE_CHECKING:
@@ -21,18 +22,26 @@ keys_app = typer.Typer(
 )
 
 
+def _require_service(command: str) -> None:
+    require_extra("service", f"keys {command}", alternative="pass --api-key to use the service")
+
+
 @contextmanager
 def _sessions() -> Iterator[Any]:
+    from lrprobe.cli.database import database_errors, load_settings, require_database
     from lrprobe.service import migrate
     from lrprobe.service.db import make_engine, make_sessionmaker
-    from lrprobe.service.settings import Settings
 
-    engine = make_engine(Settings().resolved_database_url)
-    try:
-        migrate.check_at_head(engine)
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
+    settings = load_settings()
+    require_database(settings)
+    url = settings.resolved_database_url
+    with database_errors(url):
+        engine = make_engine(url)
+        try:
+            migrate.check_at_head(engine)
+            yield make_sessionmaker(engine)
+        finally:
+            engine.dispose()
 
 
 @keys_app.command("create")
@@ -49,6 +58,7 @@ def create(
         with connect(url, api_key) as lrp:
             created = lrp.create_key(name, admin=admin)
     else:
+        _require_service("create")
         from lrprobe.client.schemas import ApiKeyCreate
         from lrprobe.service.keys import create_key
 
@@ -74,6 +84,7 @@ def revoke(
         with connect(url, api_key) as lrp:
             key = lrp.revoke_key(key_id)
     else:
+        _require_service("revoke")
         from lrprobe.service.errors import KeyNotFoundError
         from lrprobe.service.keys import revoke_key
 
@@ -101,6 +112,7 @@ def list_(
         with connect(url, api_key) as lrp:
             keys = lrp.list_keys()
     else:
+        _require_service("list")
         from lrprobe.service.keys import list_keys
 
         with _sessions() as sessions:

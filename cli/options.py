@@ -12,8 +12,11 @@ import typer
 Arch = Annotated[str | None, typer.Option(help="Built-in architecture (mlp, cnn, resnet, gpt).")]
 ArchConfig = Annotated[str | None, typer.Option(help="Architecture config as JSON, or @file.json.")]
 Loss = Annotated[str, typer.Option(help="cross_entropy | mse | bce | lm_cross_entropy.")]
-Optimizer = Annotated[str, typer.Option(help="sgd | momentum | adam | adamw.")]
-Momentum = Annotated[float, typer.Option(help="Momentum β (momentum).")]
+Optimizer = Annotated[
+    str,
+    typer.Option(help="sgd | momentum | adam | adamw | rmsprop | adagrad | nadam | radam | lion."),
+]
+Momentum = Annotated[float, typer.Option(help="Momentum β (momentum only).")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay of your optimizer.")]
 Partition = Annotated[
     str,

@@ -9,6 +9,7 @@ import typer
 
 from lrprobe.cli import options as opt
 from lrprobe.cli.errors import fail
+from lrprobe.cli.extras import require_extra
 
 
 def probe_command(
@@ -58,6 +59,7 @@ def probe_command(
     debug: Annotated[bool, typer.Option(help="Show tracebacks of unexpected errors.")] = False,
 ) -> None:
     """Probe a checkpoint on your data and print one learning rate per layer."""
+    require_extra("worker", "probe")
     from rich.console import Console
 
     from lrprobe.cli.render import print_recommendation, probe_progress
@@ -73,7 +75,8 @@ def probe_command(
             loss=loss,
             optimizer=OptimizerSpec(
                 name=optimizer,  # type: ignore[arg-type]
-                momentum=momentum,
+                # the other optimizers keep their own default (RMSprop's momentum is 0)
+                momentum=momentum if optimizer == "momentum" else None,  # type: ignore[arg-type]
                 weight_decay=weight_decay,
             ),
             partition=opt.partition_arg(partition),

@@ -4,14 +4,29 @@ servers) and ``lrprobe migrate`` (production: the one-shot schema upgrade)."""
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from types import FrameType
 
 import typer
 
+from lrprobe.cli.errors import fail
+from lrprobe.cli.extras import has_extra, missing_modules, require_extra
+
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Fail before migrating and starting workers if uvicorn could not listen anyway."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"Cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or pass "
+                 "--port", code="address_unavailable")  # fmt: skip
 
 
 def _ensure_admin(settings: object, *, announce: bool) -> None:
@@ -35,16 +50,18 @@ def migrate_command(
     revision: str = typer.Option("head", help="Alembic revision to upgrade to."),
 ) -> None:
     """Upgrade the database schema (and create the bootstrap admin key if configured)."""
+    require_extra("service", "migrate")
+    from lrprobe.cli.database import database_errors, load_settings, make_data_dir
     from lrprobe.service import migrate
-    from lrprobe.service.settings import Settings
 
-    settings = Settings()
+    settings = load_settings()
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    migrate.upgrade(settings.resolved_database_url, revision)
-    typer.echo(f"database at {revision}")
-    if settings.bootstrap_admin_key is not None:
-        _ensure_admin(settings, announce=False)
+        make_data_dir(settings)
+    with database_errors(settings.resolved_database_url):
+        migrate.upgrade(settings.resolved_database_url, revision)
+        typer.echo(f"database at {revision}")
+        if settings.bootstrap_admin_key is not None:
+            _ensure_admin(settings, announce=False)
 
 
 def serve_command(
@@ -61,18 +78,29 @@ def serve_command(
     ),
 ) -> None:
     """Run lrprobe locally (API, worker and reaper; OpenAPI at /docs)."""
+    require_extra("service", "serve")
     import uvicorn
 
+    from lrprobe.cli.database import database_errors, load_settings, make_data_dir
     from lrprobe.service import migrate
     from lrprobe.service.app import create_app
     from lrprobe.service.embedded import start_background_services
-    from lrprobe.service.settings import Settings
 
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if migrate_first:
-        migrate.upgrade(settings.resolved_database_url)
-    _ensure_admin(settings, announce=True)
+    settings = load_settings()
+    _require_free_port(host, port)
+    make_data_dir(settings)
+    with database_errors(settings.resolved_database_url):
+        if migrate_first:
+            migrate.upgrade(settings.resolved_database_url)
+        _ensure_admin(settings, announce=True)
+    if worker and not has_extra("worker"):
+        # The API and dashboard run without torch; jobs wait in the queue for a worker.
+        typer.echo(
+            "No embedded worker: running probes needs the worker extra "
+            f"({', '.join(missing_modules('worker'))} not installed): pip install "
+            "'lrprobe[worker]'. Serving the API and dashboard only; jobs stay queued."
+        )
+        worker = False
     background = start_background_services(settings) if worker else None
     if worker:  # embedded: a finished example job greets the first visit
         from lrprobe.service.dashboard.example import ensure_example_job

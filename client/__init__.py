@@ -1,6 +1,6 @@
 """The lrprobe SDK (pydantic + httpx only; torch and pandas are used only when asked for).
 
->>> from client import Client
+>>> from lrprobe import Client
 >>> with Client() as lrp:  # $LRPROBE_URL, $LRPROBE_API_KEY
 ...     model = lrp.upload_model("model.safetensors")
 ...     rec = lrp.submit(model=model, data="builtin://digits", wait=True).recommendation()

@@ -126,6 +126,8 @@ class AsyncClient:
         block_size: int | None = None,
         device: DeviceName | None = None,
         label: str | None = None,
+        run: str | None = None,
+        run_step: int | None = None,
         idempotency_key: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
@@ -143,6 +145,7 @@ class AsyncClient:
         spec = calls.job_spec(
             model=model, data=data, loss=loss, optimizer=optimizer, partition=partition,
             budget=budget, seed=seed, block_size=block_size, device=device, label=label,
+            run=run, run_step=run_step,
         )  # fmt: skip
         job = AsyncJob(self, await self._send(calls.submit(spec, idempotency_key)))
         if wait:
@@ -153,12 +156,13 @@ class AsyncClient:
         return AsyncJob(self, await self._send(calls.get_job(job_id)))
 
     async def list_jobs(
-        self, status: JobStatusName | None = None, *, page_size: int = 50
+        self, status: JobStatusName | None = None, *, run: str | None = None, page_size: int = 50
     ) -> AsyncIterator[AsyncJob]:
-        """This key's jobs, newest first, fetching pages as the iteration goes."""
+        """This key's jobs (of training run ``run`` if given), newest first, fetching pages as
+        the iteration goes."""
         cursor = None
         while True:
-            page = await self._send(calls.list_jobs(status, cursor, page_size))
+            page = await self._send(calls.list_jobs(status, cursor, page_size, run))
             for item in page.items:
                 yield AsyncJob(self, item)
             cursor = page.next_cursor

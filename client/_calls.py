@@ -184,10 +184,14 @@ def get_job(job_id: str) -> Call[JobOut]:
     return Call("GET", f"/v1/jobs/{_segment(job_id)}", _model(JobOut), idempotent=True)
 
 
-def list_jobs(status: JobStatusName | None, cursor: str | None, limit: int) -> Call[JobPage]:
+def list_jobs(
+    status: JobStatusName | None, cursor: str | None, limit: int, run: str | None = None
+) -> Call[JobPage]:
     params: dict[str, Any] = {"limit": limit}
     if status is not None:
         params["status"] = status
+    if run is not None:
+        params["run"] = run
     if cursor is not None:
         params["cursor"] = cursor
     return Call("GET", "/v1/jobs", _model(JobPage), idempotent=True, params=params)

@@ -130,6 +130,8 @@ class Client:
         block_size: int | None = None,
         device: DeviceName | None = None,
         label: str | None = None,
+        run: str | None = None,
+        run_step: int | None = None,
         idempotency_key: str | None = None,
         wait: bool = False,
         timeout: float | None = None,
@@ -147,6 +149,7 @@ class Client:
         spec = calls.job_spec(
             model=model, data=data, loss=loss, optimizer=optimizer, partition=partition,
             budget=budget, seed=seed, block_size=block_size, device=device, label=label,
+            run=run, run_step=run_step,
         )  # fmt: skip
         job = Job(self, self._send(calls.submit(spec, idempotency_key)))
         if wait:
@@ -157,12 +160,13 @@ class Client:
         return Job(self, self._send(calls.get_job(job_id)))
 
     def list_jobs(
-        self, status: JobStatusName | None = None, *, page_size: int = 50
+        self, status: JobStatusName | None = None, *, run: str | None = None, page_size: int = 50
     ) -> Iterator[Job]:
-        """This key's jobs, newest first, fetching pages as the iteration goes."""
+        """This key's jobs (of training run ``run`` if given), newest first, fetching pages as
+        the iteration goes."""
         cursor = None
         while True:
-            page = self._send(calls.list_jobs(status, cursor, page_size))
+            page = self._send(calls.list_jobs(status, cursor, page_size, run))
             for item in page.items:
                 yield Job(self, item)
             cursor = page.next_cursor

@@ -1,5 +1,6 @@
 """The SDK's exceptions: one class per family of problem ``code`` (see
-:data:`lrprobe.client.schemas.ERROR_CODES`), each carrying the problem body the service sent."""
+:data:`lrprobe.client.schemas.PROBLEM_CODES`), each carrying the problem body the service sent;
+a failed job's code (:data:`lrprobe.client.schemas.JOB_ERROR_CODES`) comes as :class:`JobFailed`."""
 
 # ruff: noqa: N818 - the names are the families users catch (NotFound, Conflict, …)
 
@@ -10,7 +11,7 @@ import contextlib
 import httpx
 from pydantic import ValidationError
 
-from lrprobe.client.schemas import ERROR_CODES, JobOut, Problem
+from lrprobe.client.schemas import PROBLEM_CODES, JobOut, Problem
 
 
 class LrprobeError(Exception):
@@ -105,13 +106,17 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
         "invalid_cursor",
         "unsupported_media_type",
         "method_not_allowed",
+        "request_too_large",
         "checkpoint_too_large",
         "dataset_too_large",
         "empty_upload",
         "unsupported_checkpoint",
+        "unsafe_archive",
         "pickle_refused",
         "torchscript_refused",
         "pt2_disabled",
+        "hf_invalid_model",
+        "hf_remote_code_refused",
         "arch_not_applicable",
         "arch_required",
         "invalid_arch_config",
@@ -122,7 +127,7 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
         "host_not_allowed",
         "unknown_builtin_dataset",
     ),
-    Unauthorized: ("unauthorized", "admin_required"),
+    Unauthorized: ("unauthorized", "admin_required", "csrf_failed"),
     NotFound: (
         "not_found",
         "model_not_found",
@@ -138,9 +143,9 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
 ERROR_CLASSES: dict[str, type[LrprobeError]] = {
     code: cls for cls, codes in _FAMILIES.items() for code in codes
 }
-"""Problem code → exception class; every code of :data:`ERROR_CODES` is here."""
+"""Problem code → exception class; every code of :data:`PROBLEM_CODES` is here."""
 
-_missing = set(ERROR_CODES) - set(ERROR_CLASSES)
+_missing = set(PROBLEM_CODES) - set(ERROR_CLASSES)
 assert not _missing, f"problem codes without an exception class: {sorted(_missing)}"
 
 

@@ -3,14 +3,16 @@ table, a DataFrame, JSON. torch and pandas are imported only when asked for."""
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from lrprobe.client._regroup import apply_rates, split_groups
 from lrprobe.client.schemas import Recommendation as RecommendationData
 
 Interval = tuple[float | None, float | None]
@@ -87,18 +89,71 @@ class Recommendation:
 
     # --- applying it ---------------------------------------------------------------------
 
-    def param_groups(self, model: Any, *, default_lr: float | None = None) -> list[dict[str, Any]]:
+    def param_groups(
+        self,
+        model: Any,
+        base: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        default_lr: float | None = None,
+    ) -> list[dict[str, Any]]:
         """``torch.optim`` parameter groups of ``model`` with the recommended learning rates,
         e.g. ``torch.optim.SGD(rec.param_groups(model))``.
 
-        Parameters are matched by name (``model.named_parameters()``). Raises ValueError naming
-        the parameters if the model lacks probed ones or has trainable ones the probe did not
-        cover (not the model that was probed). A group without a finite ``lr`` gets
-        ``default_lr``, else the single-group learning rate.
+        ``base``: the hyperparameters to keep, either one mapping for every parameter
+        (``{"weight_decay": 0.01}``) or the parameter groups you would have built yourself (e.g.
+        weight decay for weights, none for biases and norms); those are split by probe group and
+        keep all their keys but ``lr``. Parameters are matched by name
+        (``model.named_parameters()``). Raises ValueError naming the parameters if the model
+        lacks probed ones or has trainable ones the probe did not cover (not the model that was
+        probed). A group without a finite ``lr`` gets ``default_lr``, else the single-group
+        learning rate.
         """
-        torch = _require("torch", "Recommendation.param_groups needs PyTorch: pip install torch")
+        params = self._check_model(model, "param_groups")
+        if base is None or isinstance(base, Mapping):
+            extra = dict(base or {})
+            return [
+                {
+                    **extra,
+                    "params": [params[n] for n in g.param_names],
+                    "lr": self._lr(g, default_lr),
+                    "name": g.name,
+                }
+                for g in self.groups
+            ]
+        groups, _, _ = split_groups(
+            [{k: v for k, v in g.items() if k != "lr"} for g in base],
+            _ids(model),
+            self._rates(default_lr),
+        )
+        return groups
+
+    def apply(
+        self,
+        optimizer: Any,
+        model: Any,
+        schedulers: Iterable[Any] = (),
+        *,
+        default_lr: float | None = None,
+    ) -> Any:
+        """Put the recommended rates into ``optimizer`` (already built over ``model``), in place.
+
+        Each of its parameter groups is split by probe group and keeps every other
+        hyperparameter (weight decay, betas, …). A schedule keeps running: a group's ``lr``
+        becomes the recommended rate times the schedule's current multiplier (``lr`` over
+        ``initial_lr``), and the per-group lists of ``schedulers`` (``base_lrs``, LambdaLR's
+        ``lr_lambdas``, …) follow the split. Applying again only rescales. Returns ``optimizer``.
+        """
+        self._check_model(model, "apply")
+        apply_rates(optimizer, _ids(model), self._rates(default_lr), schedulers)
+        return optimizer
+
+    def _rates(self, default_lr: float | None) -> dict[str, tuple[str, float]]:
+        return {n: (g.name, self._lr(g, default_lr)) for g in self.groups for n in g.param_names}
+
+    def _check_model(self, model: Any, what: str) -> dict[str, Any]:
+        torch = _require("torch", f"Recommendation.{what} needs PyTorch: pip install torch")
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"param_groups needs a torch.nn.Module, not {type(model).__name__}")
+            raise TypeError(f"{what} needs a torch.nn.Module, not {type(model).__name__}")
         params = dict(model.named_parameters())
         probed = [n for g in self.groups for n in g.param_names]
         missing = [n for n in probed if n not in params]
@@ -114,14 +169,7 @@ class Recommendation:
                 "; ".join(parts) + ": is this the model that was probed (same architecture and "
                 "parameter names)?"
             )
-        return [
-            {
-                "params": [params[n] for n in g.param_names],
-                "lr": self._lr(g, default_lr),
-                "name": g.name,
-            }
-            for g in self.groups
-        ]
+        return params
 
     def _lr(self, group: Group, default_lr: float | None) -> float:
         for value in (group.lr, default_lr, self.single_group_lr):
@@ -196,6 +244,55 @@ class Recommendation:
         )
         return "\n".join(lines)
 
+    def plot(self, ax: Any = None) -> Any:
+        """The per-group rates on a log axis, 10–90 % intervals as whiskers, flagged groups
+        marked, and the single-group rate as a dashed line. Needs matplotlib
+        (``pip install 'lrprobe[plot]'``); draws on ``ax`` or a new figure and returns the Axes.
+        """
+        if ax is None:
+            pyplot = _require(
+                "matplotlib.pyplot", "Recommendation.plot needs matplotlib: pip install matplotlib"
+            )
+            ax = pyplot.figure().add_subplot()
+        shown = [g for g in self.groups if g.lr is not None and g.lr > 0]
+        xs = list(range(len(shown)))
+        lows = [g.lr - (g.interval[0] or g.lr) for g in shown]  # type: ignore[operator]
+        highs = [(g.interval[1] or g.lr) - g.lr for g in shown]  # type: ignore[operator]
+        ax.errorbar(
+            xs, [g.lr for g in shown], yerr=[lows, highs], fmt="o", capsize=4,
+            label="recommended lr (10–90 % interval)",
+        )  # fmt: skip
+        flagged = [(x, g.lr) for x, g in zip(xs, shown, strict=True) if g.flags]
+        if flagged:
+            ax.scatter(*zip(*flagged, strict=True), marker="x", s=80, color="C3", label="flagged")
+        if self.single_group_lr:
+            ax.axhline(self.single_group_lr, linestyle="--", color="grey", label="single group")
+        ax.set_yscale("log")
+        ax.set_xticks(xs, [g.name for g in shown], rotation=45, ha="right")
+        ax.set_ylabel("learning rate")
+        ax.set_title(f"lrprobe: {self.optimizer.get('name', '?')} per group")
+        ax.legend(fontsize="small")
+        return ax
+
+    def _repr_html_(self) -> str:
+        """A table for notebooks (Jupyter shows it instead of the text repr)."""
+        head = "".join(f"<th>{h}</th>" for h in ("group", "params", "lr", "interval", "flags"))
+        rows = "".join(
+            f"<tr><td>{html.escape(g.name)}</td><td>{g.numel:,}</td><td>{_num(g.lr)}</td>"
+            f"<td>{_interval(g.interval)}</td><td>{html.escape(', '.join(g.flags))}</td></tr>"
+            for g in self.groups
+        )
+        title = f"Recommendation for job {html.escape(self.job_id)}" if self.job_id else (
+            "Recommendation"
+        )  # fmt: skip
+        return (
+            f"<div class='lrprobe'><strong>{title}</strong> "
+            f"({html.escape(str(self.optimizer.get('name', '?')))})"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            f"<p>single-group lr: {_num(self.single_group_lr)} "
+            f"(interval {_interval(self.single_group_interval)})</p></div>"
+        )
+
     def __str__(self) -> str:
         return self.table()
 
@@ -214,6 +311,10 @@ def _require(module: str, message: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(message) from None
+
+
+def _ids(model: Any) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
 
 
 def _names(names: list[str]) -> str:

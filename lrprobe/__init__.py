@@ -4,11 +4,13 @@ The top level is lazy, so ``import lrprobe`` stays light and never imports torch
 
 - ``lrprobe.Client`` and ``lrprobe.AsyncClient``: the SDK (pydantic + httpx only);
 - ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch);
+- ``lrprobe.Reprobe``: re-probing during a plain training loop (``lrprobe.integrations``, which
+  also holds the Lightning and Hugging Face callbacks);
 - ``lrprobe.__version__``: the installed distribution's version.
 
 Subpackages: ``lrprobe.client`` (SDK), ``lrprobe.worker`` (numeric core ``lrprobe.worker.newton``
 and safe intake ``lrprobe.worker.intake``), ``lrprobe.service`` (API and dashboard),
-``lrprobe.cli`` and ``lrprobe.migrations``.
+``lrprobe.cli``, ``lrprobe.migrations`` and ``lrprobe.integrations``.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 # Public name -> module that defines it; imported on first access only.
 _LAZY = {
+    "Reprobe": "lrprobe.integrations",
     "Client": "lrprobe.client",
     "AsyncClient": "lrprobe.client",
     "probe": "lrprobe.worker.newton",
 }
 
-__all__ = ["AsyncClient", "Client", "__version__", "probe"]
+__all__ = ["AsyncClient", "Client", "Reprobe", "__version__", "probe"]
 
 if TYPE_CHECKING:
     from lrprobe.client import AsyncClient, Client
+    from lrprobe.integrations import Reprobe
     from lrprobe.worker.newton import probe
 
 

@@ -22,24 +22,21 @@ from celery import Celery
 from lrprobe.service.settings import Settings
 
 RUN_JOB = "lrprobe.run_job"
-REAP = "lrprobe.reap"
-DEFAULT_QUEUE = "lrprobe"
 
 # Time the task may spend loading the checkpoint and data before the probe's own limit starts.
 LOAD_GRACE_SECONDS = 300.0
 # Between the soft limit (the task is asked to stop) and the hard limit (its process is killed).
 HARD_LIMIT_GRACE_SECONDS = 60.0
-# How often beat runs the reaper in production.
-REAP_INTERVAL_SECONDS = 30.0
 
 
-def make_celery(settings: Settings, *, queue: str = DEFAULT_QUEUE) -> Celery:
-    """A Celery app for ``settings``' broker; ``queue`` is where jobs go and workers listen."""
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings``' broker; ``settings.queue`` is where jobs go and workers
+    listen (the API, the workers and the reaper all build their app here, so they agree)."""
     app = Celery("lrprobe", broker=settings.resolved_broker_url, set_as_current=False)
     soft = settings.default_time_limit_seconds + LOAD_GRACE_SECONDS
     app.conf.update(
-        task_default_queue=queue,
-        task_routes={RUN_JOB: {"queue": queue}, REAP: {"queue": queue}},
+        task_default_queue=settings.queue,
+        task_routes={RUN_JOB: {"queue": settings.queue}},
         task_serializer="json",
         accept_content=["json"],
         # State lives on the job row, never in a result backend.
@@ -60,9 +57,6 @@ def make_celery(settings: Settings, *, queue: str = DEFAULT_QUEUE) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
-        beat_schedule={
-            "reap": {"task": REAP, "schedule": REAP_INTERVAL_SECONDS, "options": {"queue": queue}}
-        },
         timezone="UTC",
     )
     return app

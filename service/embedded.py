@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrprobe.service.broker import DEFAULT_QUEUE
 from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,9 @@ SUPERVISE_INTERVAL_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 20.0
 
 
-def child_environment(
-    settings: Settings, queue: str = DEFAULT_QUEUE, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """``base`` (default: this process's environment) with every setting as ``LRPROBE_*``."""
+def child_environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with every setting as ``LRPROBE_*``
+    (``LRPROBE_QUEUE`` included, so that children use the API's queue)."""
     env = {k: v for k, v in (os.environ if base is None else base).items()}
     for name, value in settings.model_dump(mode="json").items():
         key = f"LRPROBE_{name.upper()}"
@@ -54,11 +52,10 @@ def child_environment(
     env["LRPROBE_DATABASE_URL"] = settings.resolved_database_url
     env["LRPROBE_BROKER_URL"] = settings.resolved_broker_url
     env["LRPROBE_ARTIFACT_URL"] = settings.resolved_artifact_url
-    env["LRPROBE_QUEUE"] = queue
     return env
 
 
-def worker_command(queue: str = DEFAULT_QUEUE, loglevel: str = "INFO") -> list[str]:
+def worker_command(queue: str, loglevel: str = "INFO") -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "lrprobe.worker.celery_app", "worker",
         "--pool=solo", "--concurrency=1", "-Q", queue, f"--loglevel={loglevel}",
@@ -134,14 +131,14 @@ class BackgroundServices:
 
 
 def start_background_services(
-    settings: Settings, *, queue: str = DEFAULT_QUEUE, reap_interval: float | None = None
+    settings: Settings, *, reap_interval: float | None = None
 ) -> BackgroundServices:
-    """Start the embedded worker and reaper (logs in ``DATA_DIR/logs``)."""
+    """Start the embedded worker and reaper on ``settings.queue`` (logs in ``DATA_DIR/logs``)."""
     services = BackgroundServices(
         settings=settings,
-        env=child_environment(settings, queue),
+        env=child_environment(settings),
         children=[
-            _Child("worker", worker_command(queue)),
+            _Child("worker", worker_command(settings.queue)),
             _Child("reaper", reaper_command(reap_interval)),
         ],
         log_dir=Path(settings.data_dir).resolve() / "logs",

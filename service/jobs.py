@@ -83,6 +83,8 @@ def job_out(job: Job) -> JobOut:
         error=error,
         model_id=job.model_id,
         label=job.spec.get("label"),
+        run=job.run,
+        run_step=job.spec.get("run_step"),
     )
 
 
@@ -128,6 +130,7 @@ def submit_job(
                 request_hash=digest if idempotency_key is not None else None,
                 created_at=now,
                 queued_at=now,
+                run=request.run,
             )
             session.add(job)
             session.flush()
@@ -213,6 +216,7 @@ def list_jobs(
     *,
     status: JobStatus | None = None,
     text: str | None = None,
+    run: str | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> JobPage:
@@ -223,6 +227,8 @@ def list_jobs(
     query = select(Job).where(Job.owner_id == owner.id)
     if status is not None:
         query = query.where(Job.status == status)
+    if run is not None:
+        query = query.where(Job.run == run)
     needle = (text or "").strip().lower()
     if needle:
         query = query.where(

@@ -109,6 +109,7 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
         Index("ix_jobs_owner_status_created", "owner_id", "status", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_owner_run_created", "owner_id", "run", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -131,6 +132,9 @@ class Job(Base):
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)  # last (re)send to the broker
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The training run the job belongs to (spec.run), a column so that a run's jobs are one
+    # indexed query for the API filter and the dashboard's rate history.
+    run: Mapped[str | None] = mapped_column(String(200), default=None)
 
 
 class Recommendation(Base):

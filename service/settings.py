@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         description="Celery broker URL; default: a SQLite-backed local transport in data_dir "
         "(no server needed). Production: redis://host:6379/0.",
     )
+    queue: str = Field(
+        "lrprobe",
+        description="Celery queue the API sends jobs to and workers and the reaper use; give "
+        "each deployment that shares a broker its own.",
+    )
     artifact_url: str | None = Field(
         None,
         description="fsspec URL or path where uploaded checkpoints and datasets are stored "

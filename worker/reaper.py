@@ -2,17 +2,16 @@
 
 Both modes run it as its own small process, ``python -m lrprobe.worker.reaper`` (the ``reaper``
 service of docker-compose; a child of ``lrprobe serve`` in embedded mode), so that reaping never
-waits for a worker to finish a probe, and keeps going when every worker is dead. The
-``lrprobe.reap`` task does one pass too, for deployments that prefer ``celery beat``. Running
-several reapers at once is safe: ``lifecycle.reap`` is conditional and a duplicate message is a
-no-op claim.
+waits for a worker to finish a probe, and keeps going when every worker is dead (a Celery beat
+task would queue behind running probes). Running several reapers at once is safe:
+``lifecycle.reap`` is conditional and a duplicate message is a no-op claim. It re-sends to
+``settings.queue``, the queue the API sends to.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -23,12 +22,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service import lifecycle
-from lrprobe.service.broker import DEFAULT_QUEUE, REAP_INTERVAL_SECONDS, make_celery, send_job
+from lrprobe.service.broker import make_celery, send_job
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.models import Job
 from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Between passes, in production (the docker-compose service passes the same).
+REAP_INTERVAL_SECONDS = 30.0
 
 
 def reap_once(settings: Settings, sessions: sessionmaker[Session], celery_app: Celery) -> list[str]:
@@ -62,7 +64,7 @@ def run_forever(
     sessions = make_sessionmaker(
         make_engine(settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS)
     )
-    celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
+    celery_app = make_celery(settings)
     log.info("reaper: every %.0f s on %s", interval, settings.resolved_database_url)
     while True:
         try:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
             )
         )
-        celery_app = make_celery(settings, queue=os.environ.get("LRPROBE_QUEUE", DEFAULT_QUEUE))
+        celery_app = make_celery(settings)
         reap_once(settings, sessions, celery_app)
         return
     run_forever(settings, interval=args.interval, heartbeat=args.heartbeat)

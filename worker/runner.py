@@ -44,7 +44,13 @@ from lrprobe.worker.intake.dataset import Dataset
 from lrprobe.worker.intake.datasets import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.jobspec import SpecError, parse_spec
-from lrprobe.worker.newton import METHOD_VERSION, NumericalError, OptimizerSpec, ProbeProgress
+from lrprobe.worker.newton import (
+    METHOD_VERSION,
+    NumericalError,
+    OptimizerSpec,
+    ParamGroupSpec,
+    ProbeProgress,
+)
 from lrprobe.worker.pipeline import ProbeRequest, run_probe
 
 log = logging.getLogger(__name__)
@@ -360,6 +366,16 @@ def _limit_advice(limit: float) -> str:
 
 
 def _optimizer(spec: Any) -> OptimizerSpec:
+    groups = tuple(
+        ParamGroupSpec(
+            tuple(group.params),
+            {
+                **{k: getattr(group, k) for k in _GROUP_FIELDS if getattr(group, k) is not None},
+                **group.options,
+            },
+        )
+        for group in spec.param_groups
+    )
     return OptimizerSpec(
         name=spec.name,
         momentum=spec.momentum,
@@ -368,7 +384,12 @@ def _optimizer(spec: Any) -> OptimizerSpec:
         betas=tuple(spec.betas),
         eps=spec.eps,
         weight_decay=spec.weight_decay,
+        options=dict(spec.options),
+        param_groups=groups,
     )
+
+
+_GROUP_FIELDS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay")
 
 
 def _open_data(context: WorkerContext, job: Job, uri: str, block_size: int | None) -> Dataset:

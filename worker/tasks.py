@@ -1,4 +1,7 @@
-"""The Celery tasks: thin wrappers that hand a job id to the runner, a tick to the reaper.
+"""The Celery task: a thin wrapper that hands a job id to the runner.
+
+The reaper is not a task: it is its own process (``lrprobe.worker.reaper``), so that it never
+queues behind running probes.
 
 Nothing is returned and nothing is raised for a job's own failure: the job's status and its
 failure reason live on the database row (the runner writes them).
@@ -11,10 +14,10 @@ import functools
 from billiard.process import current_process
 from celery import Celery
 
-from lrprobe.service.broker import REAP, RUN_JOB
+from lrprobe.service.broker import RUN_JOB
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.settings import Settings
-from lrprobe.worker import devices, reaper, runner
+from lrprobe.worker import devices, runner
 
 
 @functools.cache
@@ -30,13 +33,8 @@ def worker_context() -> runner.WorkerContext:
 
 
 def register(app: Celery) -> None:
-    """Declare the tasks on ``app`` (the worker's app, or a test's)."""
+    """Declare the task on ``app`` (the worker's app, or a test's)."""
 
     @app.task(name=RUN_JOB, ignore_result=True, shared=False)
     def run_job(job_id: str) -> None:
         runner.run_job(worker_context(), job_id)
-
-    @app.task(name=REAP, ignore_result=True, shared=False)
-    def reap() -> None:
-        context = worker_context()
-        reaper.reap_once(context.settings, context.sessions, app)

@@ -5,7 +5,8 @@ N training steps with: lrprobe's per-layer rates, lrprobe's single-group rate, t
 of a 7-point log grid (7 full runs), the LR range test's steepest-descent suggestion (100
 steps) and the optimizer's default. Reported: final training loss, final and best held-out
 loss (mean ± std over seeds) and the compute spent choosing the rate, in forward+backward
-passes (the probe's derivative passes weighted as in spec §2.3; grid = 7 × N; range test = 100).
+passes (the probe's derivative passes weighted as in docs/method.md §2.3; grid = 7 × N; range
+test = 100).
 
     python -m bench.quality            # the README table, ≈ 25 min on 2 cores
     python -m bench.quality --quick    # a smoke run, < 3 min

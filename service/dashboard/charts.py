@@ -376,6 +376,50 @@ def scale_check_chart(checks: Sequence[ScaleCheck]) -> Markup:
     return Markup("".join(parts))
 
 
+def calibration_chart(checks: Sequence[ScaleCheck], chosen: float | None) -> Markup:
+    """The trajectory method's calibration runs: for each candidate scale, the change of the
+    training loss over a short run of the optimizer at that scale (one bar each; nothing here is
+    a prediction). ``chosen``: the scale the recommendation uses, marked."""
+    if not checks:
+        return Markup("")
+    changes = [c.realised for c in checks if c.realised is not None]
+    peak = max((abs(v) for v in changes), default=1.0) or 1.0
+    label_w, right, row = 70, HALF - 90, 24
+    top = 8
+    height = top + row * len(checks) + 8
+    parts = [
+        _open(
+            HALF, height, "Training-loss change per candidate scale",
+            "For each candidate scale of the recommended rates: how much the training loss "
+            "changed over a short calibration run of the optimizer (a bar to the right: it fell).",
+            "scale-chart",
+        )
+    ]  # fmt: skip
+    for i, check in enumerate(checks):
+        y = top + row * i
+        mark = " (chosen)" if chosen is not None and check.scale == chosen else ""
+        parts.append(
+            f'<text class="bar-label" x="{label_w - 8}" y="{y + 14}" text-anchor="end">'
+            f"× {fmt(check.scale, 2)}</text>"
+        )
+        if check.realised is None:
+            parts.append(
+                f'<text class="value warn" x="{label_w + 4}" y="{y + 14}">diverged{mark}</text>'
+            )
+            continue
+        decrease = -check.realised
+        w = abs(decrease) / peak * (right - label_w)
+        parts.append(
+            f'<rect class="realised{" increase" if decrease < 0 else ""}" x="{label_w}" '
+            f'y="{y + 2}" width="{max(1.0, w):.1f}" height="16"><title>training-loss change '
+            f"at scale {fmt(check.scale)}: {fmt(check.realised)}</title></rect>"
+            f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + 14}">'
+            f"{fmt(check.realised)}{mark}</text>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
 def loss_line(losses: Sequence[float | None]) -> Markup:
     """The training loss along the probe's trajectory (a small line chart)."""
     points = [(i, v) for i, v in enumerate(losses) if v is not None and math.isfinite(v)]
@@ -422,6 +466,77 @@ def loss_line(losses: Sequence[float | None]) -> Markup:
         parts.append(
             f'<circle class="loss-point" cx="{x:.1f}" cy="{y:.1f}"'
             f' r="3"><title>step {i}: {fmt(v)}</title></circle>'
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+# Line colours of the run-history chart, one per group (cycled); readable on both themes.
+_SERIES = ("#2f6fdf", "#d9534f", "#2e9d5b", "#c48a00", "#8e5bd8", "#16a2b8", "#e0702b", "#777")
+
+
+def run_history_chart(points: Sequence[tuple[int, dict[str, float]]]) -> Markup:
+    """A re-probed run's rates: one line per group over training steps (log scale), a dot
+    per recommendation. ``points`` are (training step, {group: lr}) in step order."""
+    values = _positive([lr for _, lrs in points for lr in lrs.values()])
+    if len(points) < 1 or not values:
+        return Markup("")
+    groups = sorted({g for _, lrs in points for g in lrs})
+    height, left, right, top, bottom = 240, 70, WIDTH - 190, 14, 34
+    lo, hi = math.log10(min(values)), math.log10(max(values))
+    if hi - lo < 0.5:
+        lo, hi = lo - 0.25, hi + 0.25
+    first, last = points[0][0], points[-1][0]
+    span = (last - first) or 1
+
+    def xy(step: int, lr: float) -> tuple[float, float]:
+        return (
+            left + (step - first) / span * (right - left),
+            top + (hi - math.log10(lr)) / (hi - lo) * (height - top - bottom),
+        )
+
+    parts = [
+        _open(
+            WIDTH, height, "Learning rate per group over the run (log scale)",
+            f"{len(points)} recommendations of this run from step {first} to step {last}, "
+            f"{len(groups)} groups.",
+            "history-chart",
+        ),
+        f'<text class="tick" x="{left - 6}" y="{top + 8}" text-anchor="end">{fmt(10**hi)}</text>',
+        f'<text class="tick" x="{left - 6}" y="{height - bottom}" text-anchor="end">'
+        f"{fmt(10**lo)}</text>",
+        f'<text class="tick" x="{(left + right) / 2}" y="{height - 2}" text-anchor="middle">'
+        "training step</text>",
+        f'<line class="grid" x1="{left}" x2="{right}" y1="{height - bottom}" '
+        f'y2="{height - bottom}"/>',
+    ]  # fmt: skip
+    steps = sorted({s for s, _ in points})
+    shown = steps if len(steps) <= 10 else [steps[0], steps[-1]]
+    for s in shown:
+        x = xy(s, 10**hi)[0]
+        parts.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - bottom + 14}" text-anchor="middle">'
+            f"{s}</text>"
+        )
+    for i, group in enumerate(groups):
+        colour = _SERIES[i % len(_SERIES)]
+        series = [(s, lrs[group]) for s, lrs in points if lrs.get(group, 0) > 0]
+        if not series:
+            continue
+        path = "M" + "L".join(f"{x:.1f} {y:.1f}" for x, y in (xy(s, v) for s, v in series))
+        parts.append(f'<g class="history-line" data-group="{escape(group)}">')
+        parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for s, v in series:
+            x, y = xy(s, v)
+            parts.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{colour}"><title>'
+                f"{escape(group)} at step {s}: lr {fmt(v)}</title></circle>"
+            )
+        label_y = top + 16 * i + 8
+        parts.append(
+            f'<rect x="{right + 20}" y="{label_y - 8}" width="10" height="10" fill="{colour}"/>'
+            f'<text class="tick" x="{right + 36}" y="{label_y + 1}">{escape(_short(group))}</text>'
+            "</g>"
         )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -15,7 +15,12 @@ CSV_COLUMNS = (
     "negative_fraction", "numel", "flags", "param_names",
 )  # fmt: skip
 
-_OPTIMIZERS = {"sgd": "SGD", "momentum": "SGD", "adam": "Adam", "adamw": "AdamW"}
+_OPTIMIZERS = {
+    "sgd": "torch.optim.SGD", "momentum": "torch.optim.SGD", "adam": "torch.optim.Adam",
+    "adamw": "torch.optim.AdamW", "rmsprop": "torch.optim.RMSprop",
+    "adagrad": "torch.optim.Adagrad", "nadam": "torch.optim.NAdam", "radam": "torch.optim.RAdam",
+    "lion": "lion_pytorch.Lion",
+}  # fmt: skip
 
 
 def _num(value: float | None) -> str:
@@ -50,8 +55,10 @@ def _optimizer_kwargs(job: JobOut) -> list[str]:
             kwargs.append(f"dampening={spec.dampening}")
         if spec.nesterov:
             kwargs.append("nesterov=True")
-    elif spec.name in ("adam", "adamw"):
+    elif spec.name in ("adam", "adamw", "nadam", "radam"):
         kwargs = [f"betas=({spec.betas[0]}, {spec.betas[1]})", f"eps={spec.eps:g}"]
+    elif spec.name == "lion":
+        kwargs = [f"betas=({spec.betas[0]}, {spec.betas[1]})"]
     else:
         kwargs = []
     if spec.weight_decay:
@@ -96,5 +103,5 @@ def torch_snippet(job: JobOut, recommendation: Recommendation) -> str:
     cls = _OPTIMIZERS[job.spec.optimizer.name]
     default_lr = _lr_literal(default) if default and default > 0 else "1e-3"
     kwargs = ", ".join([f"lr={default_lr}", *_optimizer_kwargs(job)])
-    lines.append(f"optimizer = torch.optim.{cls}(param_groups, {kwargs})")
+    lines.append(f"optimizer = {cls}(param_groups, {kwargs})")
     return "\n".join(lines) + "\n"

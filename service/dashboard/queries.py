@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.client.schemas import DatasetOut, ModelOut
 from lrprobe.service.keys import Principal
-from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
+from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact, Recommendation
 from lrprobe.service.uploads import dataset_out, model_out
 
 MAX_IDS = 200
@@ -82,3 +82,28 @@ def progress_of(
             ).where(Job.owner_id == owner.id, Job.id.in_(wanted))
         ).all()  # fmt: skip
     return [ProgressRow(*row) for row in rows]
+
+
+def run_history(
+    sessions: sessionmaker[Session], owner: Principal, run: str, limit: int = 500
+) -> list[tuple[int, dict[str, float]]]:
+    """The succeeded jobs of training run ``run``: (training step, {group: lr}) in step order.
+    A job without ``run_step`` counts by its position in the run."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Job.spec, Recommendation.data)
+            .join(Recommendation, Recommendation.job_id == Job.id)
+            .where(Job.owner_id == owner.id, Job.run == run, Job.status == "succeeded")
+            .order_by(Job.created_at, Job.id)
+            .limit(limit)
+        ).all()
+    points = []
+    for position, (spec, data) in enumerate(rows):
+        step = spec.get("run_step")
+        lrs = {
+            g["name"]: float(g["lr"])
+            for g in data.get("groups", [])
+            if isinstance(g.get("lr"), int | float) and g["lr"] > 0
+        }
+        points.append((step if isinstance(step, int) else position, lrs))
+    return sorted(points, key=lambda p: p[0])

@@ -517,7 +517,6 @@ def job_page(request: Request, services: ServicesDep, me: Current, job_id: str) 
         names = [g.name for g in rec.groups]
         flagged = [g for g in rec.groups if g.flags]
         lrs = [g.lr for g in rec.groups if g.lr is not None and math.isfinite(g.lr) and g.lr > 0]
-        extra = rec.model_extra or {}
         context |= {
             "rec": rec,
             "flagged": flagged,
@@ -526,10 +525,19 @@ def job_page(request: Request, services: ServicesDep, me: Current, job_id: str) 
             "coupling_chart": charts.coupling_heatmap(names, rec.coupling),
             "coupling_too_big": len(rec.coupling) > charts.MAX_HEATMAP,
             "eta_chart": charts.eta_spread_chart(rec.groups),
-            "scale_chart": charts.scale_check_chart(rec.scale_checks),
-            "loss_chart": charts.loss_line(extra.get("trajectory_losses") or []),
+            "calibrated": rec.method == "trajectory",
+            "scale_chart": (
+                charts.calibration_chart(rec.scale_checks, rec.scale)
+                if rec.method == "trajectory"
+                else charts.scale_check_chart(rec.scale_checks)
+            ),
+            "loss_chart": charts.loss_line(rec.trajectory_losses),
             "snippet": torch_snippet(job, rec),
         }
+    if job.run is not None:
+        history = queries.run_history(services.sessions, me.principal, job.run)
+        context["history_chart"] = charts.run_history_chart(history)
+        context["history_count"] = len(history)
     if job.error is not None:
         context["advice"] = ADVICE.get(job.error.code)
     return _render(request, "job.html", me=me, **context)

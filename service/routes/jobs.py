@@ -76,12 +76,15 @@ def list_jobs(
         str | None,
         Query(max_length=200, description="Id prefix, or text in the label or data reference."),
     ] = None,
+    run: Annotated[
+        str | None, Query(max_length=200, description="Only the jobs of this training run.")
+    ] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
 ) -> JobPage:
     """This key's jobs, newest first, in pages."""
     wanted = None if status is None else JobStatus(status)
-    return jobs.list_jobs(sessions, key, status=wanted, text=q, cursor=cursor, limit=limit)
+    return jobs.list_jobs(sessions, key, status=wanted, text=q, run=run, cursor=cursor, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))

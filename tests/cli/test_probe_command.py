@@ -68,6 +68,6 @@ def test_a_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
 
 def test_unknown_optimizer_names_the_choices(checkpoint: Path) -> None:
     args = ["probe", "--model", str(checkpoint), "--data", "builtin://digits"]
-    result = runner.invoke(app, [*args, "--optimizer", "rmsprop"])
+    result = runner.invoke(app, [*args, "--optimizer", "rprop"])
     assert result.exit_code == 1
     assert "sgd, momentum, adam, adamw" in result.output

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from lrprobe.client import (
     Unauthorized,
     ValidationFailed,
 )
-from lrprobe.client._sse import StreamUnavailable
+from lrprobe.client._jobs import Follower
+from lrprobe.client._sse import ServerSentEvent, StreamUnavailable
 from tests.client.app_support import finish
 from tests.service.api_support import RunningApi, safetensors_mlp, start_api
 
@@ -75,17 +74,27 @@ def test_upload_submit_wait_and_recommendation(api: RunningApi, tmp_path: Path) 
     assert lrp.recommendation(job.id) == rec
 
 
-def test_wait_follows_a_job_that_finishes_while_streaming(api: RunningApi) -> None:
+def test_wait_follows_a_job_that_finishes_while_streaming(
+    api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lrp = sdk(api, api.key_a)
     job = lrp.submit(model=api.model_id(api.key_a), data="builtin://digits")
-    worker = threading.Timer(0.2, finish, args=(api, job.id))
-    worker.start()
-    started = time.monotonic()
-    try:
-        assert job.wait(timeout=20, progress=False).status == "succeeded"
-    finally:
-        worker.join()
-    assert time.monotonic() - started < 10
+    streamed: list[str] = []
+    on_sse = Follower.on_sse
+
+    def worker_finishes_once_the_stream_is_open(follower: Follower, event: ServerSentEvent) -> bool:
+        streamed.append(event.event)
+        if len(streamed) == 1:
+            finish(api, job.id)
+        return on_sse(follower, event)
+
+    monkeypatch.setattr(Follower, "on_sse", worker_finishes_once_the_stream_is_open)
+    lrp._sleep = lambda _s: pytest.fail("wait fell back on polling")
+
+    assert job.wait(timeout=20, progress=False).status == "succeeded"
+    # the stream carried the job from queued to its end: one connection, no polling
+    assert streamed[0] == "status" and streamed[-1] == "end"
+    assert "progress" in streamed
 
 
 def test_wait_by_polling_the_events_endpoint(

@@ -15,7 +15,7 @@ from lrprobe.client import (
     Unauthorized,
     ValidationFailed,
 )
-from lrprobe.client.schemas import ERROR_CODES
+from lrprobe.client.schemas import PROBLEM_CODES
 from tests.client.fakes import FakeApi, problem
 
 FAMILY_STATUS = {
@@ -24,7 +24,7 @@ FAMILY_STATUS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("code", ERROR_CODES)
+@pytest.mark.parametrize("code", PROBLEM_CODES)
 def test_each_problem_code_raises_its_family(code: str) -> None:
     family = ERROR_CLASSES[code]
     assert family is not LrprobeError

@@ -26,6 +26,9 @@ from lrprobe.worker.runner import WorkerContext, run_job
 from tests.service.api_support import make_settings
 
 ARCH_CONFIG = {"sizes": [64, 32, 10], "activation": "tanh"}
+# After 30 SGD steps, the per-layer run's loss may exceed the single-group run's by 20 % at most
+# (measured: 0.122 against 0.119).
+GLOBAL_TOLERANCE = 1.2
 
 
 @dataclass
@@ -118,9 +121,16 @@ def test_a_recommendation_trains_the_checkpoint_it_was_probed_on(
     assert [g["lr"] for g in optimizer.param_groups] == list(rec.lrs.values())
     per_layer = train(model, optimizer)
 
-    baseline = MLP(MLPConfig(**ARCH_CONFIG))
-    baseline.load_state_dict(start)
+    def from_start(lr: float) -> float:
+        baseline = MLP(MLPConfig(**ARCH_CONFIG))
+        baseline.load_state_dict(start)
+        return train(baseline, torch.optim.SGD(baseline.parameters(), lr=lr))
+
     assert rec.single_group_lr is not None
-    global_lr = train(baseline, torch.optim.SGD(baseline.parameters(), lr=rec.single_group_lr))
+    global_lr = from_start(rec.single_group_lr)
     print(f"\n{rec}\nloss {initial:.3f} → per-layer {per_layer:.3f}, global {global_lr:.3f}")
-    assert per_layer < initial and global_lr < initial
+    # The per-layer rates train as well as the single global rate, to within the tolerance
+    assert per_layer < initial
+    assert per_layer <= GLOBAL_TOLERANCE * global_lr
+    # and the tolerance tells rates apart: a tenth of the global rate falls outside it
+    assert from_start(rec.single_group_lr / 10) > GLOBAL_TOLERANCE * global_lr

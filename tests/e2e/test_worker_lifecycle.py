@@ -10,6 +10,7 @@ A worker is a ``celery worker --pool=solo`` subprocess; the API's side is played
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,17 +23,26 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from celery import Celery
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from lrprobe.client.schemas import ApiKeyCreate
+from lrprobe.service import migrate
+from lrprobe.service.app import create_app
 from lrprobe.service.broker import make_celery, send_job
 from lrprobe.service.embedded import start_background_services, worker_command
+from lrprobe.service.keys import create_key
 from lrprobe.service.lifecycle import FINAL
 from lrprobe.service.models import Job, Recommendation, utcnow
 from lrprobe.service.settings import Settings
+from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints import save_checkpoint
 from lrprobe.worker.reaper import reap_once
 from tests.worker.jobs import (
+    IRIS_MLP,
     REDIS,
     create_postgres_database,
     database,
@@ -67,7 +77,6 @@ class Stack:
     settings: Settings
     sessions: sessionmaker[Session]
     app: Celery
-    queue: str
     tmp: Path
     sha: str
     slow_sha: str
@@ -76,7 +85,7 @@ class Stack:
     def start_worker(self) -> subprocess.Popen[bytes]:
         with (self.tmp / f"worker-{len(self.workers)}.log").open("wb") as log:
             worker = subprocess.Popen(
-                worker_command(self.queue), cwd=ROOT, env=env_for(self.settings, self.queue),
+                worker_command(self.settings.queue), cwd=ROOT, env=env_for(self.settings),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.workers.append(worker)
@@ -125,14 +134,17 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     url = create_postgres_database() if postgres else None
     broker = f"{REDIS}/{uuid.uuid4().int % 15 + 1}" if postgres else None
     settings = settings_for(
-        tmp_path / "data", url, broker_url=broker, lease_seconds=LEASE, requeue_after_seconds=2.0
-    )
+        tmp_path / "data", url, broker_url=broker, lease_seconds=LEASE, requeue_after_seconds=2.0,
+        queue=queue,
+    )  # fmt: skip
     settings.data_dir.mkdir()
+    # Migrated, not created from the models: the API refuses a schema that is not at head.
+    migrate.upgrade(settings.resolved_database_url)
     sessions_gen = database(settings.resolved_database_url)
     sessions = next(sessions_gen)
-    app = make_celery(settings, queue=queue)
+    app = make_celery(settings)
     stack = Stack(
-        settings, sessions, app, queue, tmp_path, store_checkpoint(settings, tmp_path),
+        settings, sessions, app, tmp_path, store_checkpoint(settings, tmp_path),
         store_checkpoint(settings, tmp_path, SLOW_MODEL), [],
     )  # fmt: skip
     try:
@@ -186,10 +198,41 @@ def test_a_job_whose_worker_is_killed_finishes_exactly_once(stack: Stack) -> Non
     job = final(stack, job_id, timeout=120)
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert recommendations(stack.sessions, job_id) == 1
-    # and a late duplicate delivery changes nothing
+    # and a late duplicate delivery changes nothing: the one worker left takes messages in
+    # order, one at a time, so once a job sent after the duplicate is done, the duplicate was
+    # consumed before it
     send_job(stack.app, job_id)
-    time.sleep(1.0)
-    assert job_row(stack.sessions, job_id).attempts == 2
+    marker = make_job(stack.sessions, stack.sha)
+    send_job(stack.app, marker)
+    assert final(stack, marker).status == "succeeded"
+    job = job_row(stack.sessions, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert recommendations(stack.sessions, job_id) == 1
+
+
+def test_a_job_submitted_through_the_api_runs_on_the_configured_queue(stack: Stack) -> None:
+    # Given a worker on a queue that is not the default one, and no reaper running
+    assert stack.settings.queue != Settings.model_fields["queue"].default
+    stack.start_worker()
+    torch.manual_seed(0)
+    checkpoint = stack.tmp / "api-mlp.safetensors"
+    save_checkpoint(MLP(MLPConfig(**IRIS_MLP)), checkpoint, "mlp", IRIS_MLP)
+    # When the job is submitted through the API (its own Celery queue, built from the settings)
+    with TestClient(create_app(stack.settings)) as http:
+        secret = create_key(stack.sessions, ApiKeyCreate(name="u")).secret
+        auth = {"Authorization": f"Bearer {secret}"}
+        uploaded = http.post(
+            "/v1/models", headers=auth, files={"file": (checkpoint.name, checkpoint.read_bytes())}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        body = {"model_id": uploaded.json()["id"], "data": "builtin://iris",
+                "loss": "cross_entropy", "budget": {"batches": 8, "batch_size": 32},
+                "device": "cpu"}  # fmt: skip
+        submitted = http.post("/v1/jobs", headers=auth, json=body)
+        assert submitted.status_code == 202, submitted.text
+    # Then the worker on that queue runs it from the API's own message (nothing re-sent it)
+    job = final(stack, submitted.json()["id"])
+    assert (job.status, job.attempts) == ("succeeded", 1)
 
 
 def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_path: Path) -> None:
@@ -201,7 +244,7 @@ def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_pat
     app = make_celery(settings)
     sha = store_checkpoint(settings, tmp_path)
     slow_sha = store_checkpoint(settings, tmp_path, SLOW_MODEL)
-    stack = Stack(settings, sessions, app, "lrprobe", tmp_path / "data" / "logs", sha, slow_sha, [])
+    stack = Stack(settings, sessions, app, tmp_path / "data" / "logs", sha, slow_sha, [])
     # Given a job sent while no worker runs (the message is a row in broker.sqlite)
     queued = make_job(sessions, sha)
     send_job(app, queued)
@@ -229,9 +272,13 @@ def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_pat
 
 def test_the_worker_app_loads_and_declares_the_task() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "from worker.celery_app import app; print(sorted(app.tasks))"],
+        [sys.executable, "-c",
+         "import json; from lrprobe.worker.celery_app import app; print(json.dumps([*app.tasks]))"],
         cwd=ROOT, capture_output=True, text=True, check=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
         | {"LRPROBE_DATA_DIR": "/nonexistent-lrprobe"},
     )  # fmt: skip
-    assert "lrprobe.run_job" in out.stdout and "lrprobe.reap" in out.stdout
+    # the reaper is a process of its own, never a task that would queue behind probes
+    assert [name for name in json.loads(out.stdout) if name.startswith("lrprobe.")] == [
+        "lrprobe.run_job"
+    ]

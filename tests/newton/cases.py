@@ -1,7 +1,7 @@
 """Tiny float64 models, losses, batches and brute-force derivative references for
 `lrprobe.worker.newton`.
 
-The reference works on the restricted loss of spec §1.1,
+The reference works on the restricted loss of docs/method.md §1.1,
 
     f(η) = L(θ − Σ_s η_s u_[s]),
 
@@ -11,7 +11,7 @@ plain nested `torch.autograd.grad` in float64. Vmapped `torch.func` transforms (
 hessian) are deliberately not used: in torch 2.13 their batching rule for layer_norm's backward
 gives wrong mixed derivatives (pytorch/functorch#534).
 
-Sign conventions follow spec §1.2: g_s = −∂f/∂η_s(0), H_st = ∂²f/∂η_s∂η_t(0),
+Sign conventions follow docs/method.md §1.2: g_s = −∂f/∂η_s(0), H_st = ∂²f/∂η_s∂η_t(0),
 D_stv = −∂³f/∂η_s∂η_t∂η_v(0).
 """
 
@@ -361,7 +361,7 @@ def reference(
 
 
 def finite_differences(f: Callable[[Tensor], Tensor], S: int, h: float = 1e-3) -> Reference:
-    """Central differences of spec §5 T1 (error O(h²))."""
+    """Central differences of docs/method.md §5 T1 (error O(h²))."""
 
     def fe(*terms: tuple[int, float]) -> float:
         eta = torch.zeros(S, dtype=DTYPE)

@@ -1,4 +1,4 @@
-"""T2: coarsening identities between the tensor, layer and single partitions (spec §1.4).
+"""T2: coarsening identities between the tensor, layer and single partitions (docs/method.md §1.4).
 
 With a 0/1 membership matrix C (fine tensor groups × coarse groups): ḡ_c = Cᵀḡ_f, H̄_c = CᵀH̄_fC,
 D̄_c = D̄_f ×₁C ×₂C ×₃C, so the coarse diagonal d3_c = Σ_{s,t,v ∈ c} D̄_f,stv needs the full fine

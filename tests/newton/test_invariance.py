@@ -1,4 +1,4 @@
-"""T3, T4, T6: invariances of the grouped-Newton step (spec §3.2 and §5).
+"""T3, T4, T6: invariances of the grouped-Newton step (docs/method.md §3.2 and §5).
 
 A per-group scalar reparameterisation θ_[s] = a_s φ_[s] + b_[s] maps a gradient direction to
 a_s u_[s], so ḡ' = Λḡ, H̄' = ΛH̄Λ, d' = Λd with Λ = Diag(a_s²): η'_s = η_s / a_s² and the step in

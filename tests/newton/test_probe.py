@@ -92,7 +92,7 @@ def test_recommended_step_decreases_the_held_out_loss() -> None:
 
 
 def test_single_group_rate_matches_a_single_group_probe() -> None:
-    """Coarsening (spec §1.4): sums of the per-group summaries are the S = 1 problem."""
+    """Coarsening (docs/method.md §1.4): sums of the per-group summaries are the S = 1 problem."""
     x, y = _data()
     layered = _quick(_mlp(), x, y, method="fixed")
     single = _quick(_mlp(), x, y, method="fixed", partition="single")

@@ -154,13 +154,14 @@ def stack(
         requeue_after_seconds=REQUEUE_AFTER,
         torch_threads=1,
         rate_limit_per_minute=100_000,
+        queue=queue,
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
     logs = tmp_path / "logs"
     logs.mkdir()
-    processes = Processes(child_environment(settings, queue, base), logs)
+    processes = Processes(child_environment(settings, base), logs)
     engine = make_engine(url)
-    celery = make_celery(settings, queue=queue)
+    celery = make_celery(settings)
     stack = Stack(settings, engine, make_sessionmaker(engine), celery, queue, processes,
                   private_postgres, private_redis, tmp_path)  # fmt: skip
     try:

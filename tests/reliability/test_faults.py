@@ -1,8 +1,8 @@
 """Faults against the production stack (PostgreSQL, Redis, Celery workers, the reaper, the API
 under uvicorn), on private servers that these tests kill and restart.
 
-Leases are 3 s and the reaper runs every second here; the bound a test asserts is stated in
-terms of those settings (production: lease 60 s, reaper every 30 s).
+Leases are 3 s and the reaper runs every second here (production: lease 60 s, reaper every
+30 s). Tests assert outcomes and the order of events, never how long something took.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lrprobe.service.broker import send_job
 from lrprobe.service.models import JobEvent
 from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
 from lrprobe.worker.intake.checkpoints import save_checkpoint
-from tests.reliability.conftest import LEASE, REAP_INTERVAL, Stack
+from tests.reliability.conftest import LEASE, Stack
 from tests.reliability.servers import wait_until
 from tests.worker.jobs import IRIS_MLP, make_job
 
@@ -91,7 +91,7 @@ def _assert_problem(response: httpx.Response, status: int, code: str) -> None:
     assert body["status"] == status and body["code"] == code and body["detail"]
 
 
-def test_a_killed_worker_s_job_is_requeued_within_lease_plus_reap_interval_and_runs_once(
+def test_a_killed_worker_s_job_is_requeued_once_its_lease_expires_and_runs_once(
     stack: Stack,
 ) -> None:
     worker = stack.worker()
@@ -102,19 +102,24 @@ def test_a_killed_worker_s_job_is_requeued_within_lease_plus_reap_interval_and_r
     # When the worker is killed mid-probe and a fresh one starts
     stack.processes.kill9(worker)
     killed = time.monotonic()
+    lease_end = stack.job(job_id).lease_expires_at  # no one renews it any more
+    assert lease_end is not None
     stack.worker()
-    # Then the reaper requeues the job once its lease expires: within lease + reap interval
-    requeued = wait_until(
-        lambda: any(e.data.get("reason") == "requeued" for e in _events(stack, job_id)),
-        LEASE + REAP_INTERVAL + 5, "the requeue",
-    )  # fmt: skip
-    assert requeued <= LEASE + REAP_INTERVAL + 2.0  # polling and scheduling slack (2 CPUs)
-    # and the restarted worker finishes it, exactly once
+    # Then the reaper requeues the job, and the restarted worker finishes it, exactly once
     [job] = stack.wait_final([job_id], 120)
     assert (job.status, job.attempts) == ("succeeded", 2)
     assert stack.recommendations([job_id]) == {job_id: 1}
-    print(f"\nkill -9 → requeued after {requeued:.1f} s, "
-          f"succeeded after {time.monotonic() - killed:.1f} s")  # fmt: skip
+    # in this order: the dead worker's claim, its lease running out, the reaper's requeue, the
+    # new worker's claim, the result
+    statuses = [e for e in _events(stack, job_id) if e.kind == "status"]
+    assert [(e.data["status"], e.data.get("reason")) for e in statuses] == [
+        ("running", None), ("queued", "requeued"), ("running", None), ("succeeded", None),
+    ]  # fmt: skip
+    first, requeued, second, _ = statuses
+    assert first.data["worker"] != second.data["worker"]
+    assert requeued.at >= lease_end
+    print(f"\nkill -9 → requeued {(requeued.at - lease_end).total_seconds():.1f} s after the "
+          f"lease ran out, succeeded after {time.monotonic() - killed:.1f} s")  # fmt: skip
 
 
 def test_jobs_queued_in_a_redis_that_restarts_empty_all_finish(stack: Stack) -> None:
@@ -171,11 +176,9 @@ def test_a_postgres_outage_gives_503_problems_and_everything_resumes_with_nothin
             ("GET", "/v1/jobs", None),
             ("POST", "/v1/jobs", body),
         ]:
-            started = time.monotonic()
             response = client.request(method, path, headers=auth, json=payload)
             _assert_problem(response, 503, "service_unavailable")
             assert response.headers["retry-after"] == "5"
-            assert time.monotonic() - started < 6.0  # connect_timeout is 5 s: never a hang
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
         time.sleep(max(0.0, 2 * LEASE - (time.monotonic() - down)))  # leases run out meanwhile

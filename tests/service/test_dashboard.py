@@ -7,17 +7,22 @@ import csv
 import html
 import io
 import re
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import update
 
-from lrprobe.service import lifecycle
+from lrprobe.service import lifecycle, migrate
 from lrprobe.service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
 from lrprobe.service.dashboard.session import SESSION_COOKIE
 from lrprobe.service.models import ApiKey, Job, utcnow
-from tests.service.api_support import RunningApi, probe_result
+from tests.service.api_support import RunningApi, probe_result, start_api
+from tests.service.conftest import POSTGRES_ADMIN
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -139,6 +144,42 @@ def test_a_job_page_draws_the_recommendation(api: RunningApi) -> None:
     assert "torch.optim.SGD(param_groups, lr=0.1)" in page
 
 
+def test_calibration_runs_are_shown_as_training_loss_changes_not_predictions(
+    api: RunningApi,
+) -> None:
+    sign_in(api, api.key_a)
+    calibration = [
+        {"scale": 0.1, "predicted": None, "realised": -0.05},
+        {"scale": 0.3, "predicted": None, "realised": -0.2},
+        {"scale": 1.0, "predicted": None, "realised": None},  # diverged: stored as null
+    ]
+    job_id = finished_job(
+        api, api.key_a,
+        two_groups(method="trajectory", scale=0.3, scale_checks=calibration,
+                   trajectory_losses=[2.3, 2.1, 1.9]),
+    )  # fmt: skip
+
+    page = html.unescape(api.client.get(f"/ui/jobs/{job_id}").text)
+
+    assert "Training-loss change per candidate scale" in page
+    assert "Predicted vs realised" not in page
+    assert page.count('<rect class="realised') == 2 and '<rect class="predicted' not in page
+    assert "-0.2 (chosen)" in page and "diverged" in page
+    assert "Loss along the probe trajectory" in page and page.count('class="loss-point"') == 3
+
+
+def test_held_out_checks_of_the_fixed_method_are_predicted_vs_realised(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = finished_job(api, api.key_a, two_groups(method="fixed", trajectory_losses=[]))
+
+    page = api.client.get(f"/ui/jobs/{job_id}").text
+
+    assert "Predicted vs realised loss decrease" in page and "candidate scale" not in page
+    # the legend's two swatches, and the one check's pair of bars
+    assert page.count('<rect class="predicted') == page.count('<rect class="realised') == 2
+    assert 'class="loss-point"' not in page
+
+
 def test_a_failed_job_shows_its_code_and_advice(api: RunningApi) -> None:
     sign_in(api, api.key_a)
     job_id = api.job_id(api.key_a)
@@ -235,12 +276,33 @@ def test_uploading_a_checkpoint_selects_it(api: RunningApi) -> None:
     assert re.search(r'<option value="\w+" selected>mlp · m.safetensors', response.text)
 
 
-def test_the_example_job_is_submitted_once_on_an_empty_database(api: RunningApi) -> None:
-    if not api.settings.resolved_database_url.startswith("sqlite"):
-        pytest.skip("the module's PostgreSQL database is shared, so it is not empty")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningApi]:
+    """The app on a freshly migrated database of its own (the module's PostgreSQL database is
+    shared by its tests, so it is not empty)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    else:
+        name = f"lrprobe_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        server = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+        url = f"{server}/{name}"
+    try:
+        migrate.upgrade(url)
+        with start_api(url, tmp_path) as running:
+            yield running
+    finally:
+        if request.param == "postgresql":
+            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_example_job_is_submitted_once_on_an_empty_database(empty_api: RunningApi) -> None:
+    api = empty_api
     job_id = ensure_example_job(api.settings, api.queue)
 
-    assert job_id is not None and api.queue.sent[0][0] == job_id
+    assert job_id is not None and api.queue.sent == [(job_id, None)]
     assert ensure_example_job(api.settings, api.queue) is None
     job = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(api.admin))
     assert job.status_code == 200 and job.json()["label"] == EXAMPLE_LABEL

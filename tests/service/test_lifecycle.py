@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -10,6 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from lrprobe.service import lifecycle
 from lrprobe.service.lifecycle import Beat, JobStatus, Progress
 from lrprobe.service.models import ApiKey, Job, JobEvent, ModelArtifact, Recommendation, utcnow
+
+# Claims race in threads that start together on a barrier, a few times over.
+RACERS, RACES = 8, 5
 
 
 def make_job(sessions: sessionmaker[Session], **overrides: object) -> str:
@@ -33,11 +38,30 @@ def status(sessions: sessionmaker[Session], job_id: str) -> str:
         return session.get_one(Job, job_id).status
 
 
-def test_only_one_worker_claims_a_job(sessions: sessionmaker[Session]) -> None:
-    job_id = make_job(sessions)
-    assert lifecycle.claim(sessions, job_id, "w1", lease=60) is not None
-    assert lifecycle.claim(sessions, job_id, "w2", lease=60) is None
-    assert status(sessions, job_id) == JobStatus.RUNNING
+def race_to_claim(sessions: sessionmaker[Session], job_id: str, racers: int) -> list[str]:
+    """``racers`` workers, each a thread with its own connection, claim ``job_id`` at once;
+    returns the names of those whose claim succeeded."""
+    start = threading.Barrier(racers)
+
+    def claim(worker: str) -> str | None:
+        start.wait()
+        return worker if lifecycle.claim(sessions, job_id, worker, lease=60) else None
+
+    with ThreadPoolExecutor(max_workers=racers) as pool:
+        return [w for w in pool.map(claim, [f"w{i}" for i in range(racers)]) if w is not None]
+
+
+def test_only_one_of_several_racing_workers_claims_a_job(sessions: sessionmaker[Session]) -> None:
+    for _ in range(RACES):
+        job_id = make_job(sessions)
+        [winner] = race_to_claim(sessions, job_id, RACERS)
+        with sessions() as session:
+            job = session.get_one(Job, job_id)
+            claims = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+            ).all()
+        assert (job.status, job.attempts, job.lease_owner) == (JobStatus.RUNNING, 1, winner)
+        assert [e.data["worker"] for e in claims] == [winner]
 
 
 def test_success_stores_the_recommendation_once(sessions: sessionmaker[Session]) -> None:

@@ -38,7 +38,7 @@ def settings_for(data_dir: Path, database_url: str | None = None, **overrides: A
     return Settings(data_dir=data_dir, database_url=database_url, _env_file=None, **overrides)  # type: ignore[call-arg]
 
 
-def env_for(settings: Settings, queue: str) -> dict[str, str]:
+def env_for(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process (worker, reaper) use ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
     env |= {
@@ -48,7 +48,7 @@ def env_for(settings: Settings, queue: str) -> dict[str, str]:
         "LRPROBE_LEASE_SECONDS": str(settings.lease_seconds),
         "LRPROBE_REQUEUE_AFTER_SECONDS": str(settings.requeue_after_seconds),
         "LRPROBE_TORCH_THREADS": "1",
-        "LRPROBE_QUEUE": queue,
+        "LRPROBE_QUEUE": settings.queue,
     }
     return env
 

@@ -232,3 +232,31 @@ def test_a_worker_whose_claim_was_taken_over_writes_nothing(
 
     assert job_row(sessions, job_id).status == "running"
     assert recommendation(sessions, job_id) is None
+
+
+def test_a_job_with_decay_and_no_decay_groups_probes_each_with_its_own_decay(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    context, sha = context_for(sessions, tmp_path)
+    no_decay = ["layers.0.bias", "layers.1.bias"]
+    optimizer = {"name": "adamw", "weight_decay": 0.1,
+                 "param_groups": [{"params": no_decay, "weight_decay": 0.0}]}  # fmt: skip
+    job_id = make_job(sessions, sha, optimizer=optimizer)
+
+    assert run_job(context, job_id) is JobStatus.SUCCEEDED
+    stored = recommendation(sessions, job_id)
+    assert stored is not None
+    assert stored.data["optimizer"]["param_groups"] == [{"params": no_decay, "weight_decay": 0.0}]
+
+
+def test_a_group_naming_a_parameter_the_model_lacks_fails_the_job_with_advice(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    context, sha = context_for(sessions, tmp_path)
+    optimizer = {"name": "rmsprop", "param_groups": [{"params": ["nope"], "weight_decay": 0.1}]}
+    job_id = make_job(sessions, sha, optimizer=optimizer)
+
+    assert run_job(context, job_id) is JobStatus.FAILED
+    job = job_row(sessions, job_id)
+    assert job.error_code == "invalid_probe_arguments"
+    assert "named_parameters()" in job.error_detail

@@ -14,7 +14,7 @@ from tests.worker.jobs import settings_for
 
 @pytest.fixture
 def app(tmp_path: Path) -> Celery:
-    app = make_celery(settings_for(tmp_path, broker_url="memory://"), queue="q-test")
+    app = make_celery(settings_for(tmp_path, broker_url="memory://", queue="q-test"))
     tasks.register(app)
     return app
 

@@ -1,6 +1,6 @@
 """Deterministic batches for the probe, and train / held-out splits.
 
-The probe (grouped-newton.md §7.1) takes a direction batch ``A_k`` and an independent summary
+The probe (docs/method.md §7.1) takes a direction batch ``A_k`` and an independent summary
 batch ``B_k`` for each ``k``, and checks its prediction on held-out batches. ``ProbeBatches``
 serves full batches drawn without replacement: within one epoch no two batches share an
 example, so consecutive draws (``A_1, B_1, A_2, B_2, …``) are disjoint as long as

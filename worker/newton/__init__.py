@@ -9,7 +9,13 @@ Pure torch; imports nothing else of lrprobe, so it can be used as a library::
 """
 
 from lrprobe.worker.newton import losses
-from lrprobe.worker.newton.directions import OPTIMIZERS, OptimizerSpec, from_torch
+from lrprobe.worker.newton.directions import (
+    NOT_LINEAR,
+    OPTIMIZERS,
+    OptimizerSpec,
+    ParamGroupSpec,
+    from_torch,
+)
 from lrprobe.worker.newton.errors import NumericalError, OutOfMemoryProbeError
 from lrprobe.worker.newton.partition import (
     AUTO_MAX_GROUPS,
@@ -36,6 +42,7 @@ from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 __all__ = [
     "AUTO_MAX_GROUPS",
     "METHOD_VERSION",
+    "NOT_LINEAR",
     "OPTIMIZERS",
     "Cost",
     "Group",
@@ -45,6 +52,7 @@ __all__ = [
     "NumericalError",
     "OptimizerSpec",
     "OutOfMemoryProbeError",
+    "ParamGroupSpec",
     "PartitionRule",
     "Precision",
     "ProbeProgress",

@@ -1,4 +1,5 @@
-"""The short grouped-Newton probe of spec §7: from a checkpoint to one learning rate per group."""
+"""The short grouped-Newton probe of docs/method.md §7: from a checkpoint to one learning rate
+per group."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summa
 from lrprobe.worker.newton.trajectory import Trajectory, calibration_losses, run_trajectory
 
 Method = Literal["trajectory", "fixed"]
+# What a progress tick counts: the fixed method's three phases, the trajectory method's two.
+Phase = Literal["second_moment", "summaries", "check", "trajectory", "calibration"]
 
 # A diverging trajectory is run again with rates 10× smaller, at most this many times in all.
 _TRAJECTORY_ATTEMPTS = 3
@@ -35,7 +38,7 @@ _SUMMARY_SEED, _HELDOUT_SEED = 100_003, 200_003
 class ProbeProgress:
     done: int
     total: int
-    phase: str  # "second_moment" | "summaries" | "check"
+    phase: Phase
 
 
 def probe(
@@ -74,13 +77,13 @@ def probe(
     ``trajectory_scale · η̄``, where η is re-solved every ``period`` steps on an independent
     batch (Newton with a Levenberg fallback by default), clipped to
     ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
-    (``smoothing``), as the published optimizer does (spec §3.4). η̄ is the median over the
+    (``smoothing``), as the published optimizer does (docs/method.md §3.4). η̄ is the median over the
     second half. λ₁ is then the candidate in ``calibrate`` whose ``calibration_steps``-step run
     from the checkpoint at ``λ₁ · η̄`` ends with the lowest training loss (same batches for
     every candidate); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
     (momentum buffer, Adam step), so there is no ``1 − β`` conversion.
 
-    ``method="fixed"`` (spec §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
+    ``method="fixed"`` (docs/method.md §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
     direction batch gives ``u_k`` (the optimizer's next step with lr = 1) and an independent
     summary batch gives ``ḡ_k, H̄_k, d3_k``. Summaries are averaged and the cubic rule solved
     once; a bootstrap over the K summaries gives 10–90 % intervals. Then ``heldout_batches``
@@ -99,8 +102,12 @@ def probe(
         batches: yields at least ``steps + ⌈steps/period⌉ + calibration_steps`` batches
             (trajectory) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
             They should be independent draws (see :func:`minibatches`).
-        optimizer: "sgd" | "momentum" | "adam" | "adamw", an :class:`OptimizerSpec`, or a live
-            ``torch.optim`` optimizer (its hyperparameters and state are used, not changed).
+        optimizer: a name in :data:`OPTIMIZERS` ("sgd", "momentum", "adam", "adamw",
+            "rmsprop", "adagrad", "nadam", "radam", "lion"), an :class:`OptimizerSpec`, or a
+            live optimizer of one of those kinds (its hyperparameters, group by group, and its
+            state are used, not changed). Each parameter's direction uses its own group's
+            hyperparameters. Optimizers whose step is not linear in the learning rate are
+            refused (ValueError saying why).
         partition: a rule for :func:`partition` or explicit groups.
         method: "trajectory" or "fixed".
         steps, period, smoothing, trajectory_scale, bounds: the trajectory (see above);
@@ -145,8 +152,14 @@ def probe(
         else _partition(model, partition, max_groups)
     )
     names = [n for g in groups for n in g.param_names]
-    rule = DirectionRule(spec, optimizer_state, names)
     params = dict(model.named_parameters())
+    unknown = [n for g in spec.param_groups for n in g.params if n not in params]
+    if unknown:
+        raise ValueError(
+            f"the optimizer's parameter groups name parameters the model does not have: "
+            f"{unknown[:5]}; use the names of model.named_parameters()"
+        )
+    rule = DirectionRule(spec, optimizer_state, names)
     device = next(iter(params.values())).device
     if method == "trajectory":
         # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
@@ -242,7 +255,7 @@ def probe(
     if single_note:
         notes.append(single_note)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=rule.description,
         lr_factor=factor,
         scale=scale,
@@ -314,7 +327,8 @@ def _mean(items: Sequence[Summaries]) -> Summaries:
 
 
 def _single_group(s: Summaries) -> Summaries:
-    """The S = 1 problem along the same u: ḡ and H̄ are sums (spec §1.4), D̄ was computed."""
+    """The S = 1 problem along the same u: ḡ and H̄ are sums (docs/method.md §1.4), D̄ was
+    computed."""
     d3 = None if s.d3_total is None else torch.tensor([s.d3_total], dtype=torch.float64)
     return Summaries(g=s.g.sum().reshape(1), H=s.H.sum().reshape(1, 1), d3=d3, loss=s.loss)
 
@@ -360,7 +374,7 @@ class _Meter:
         if third_order:
             self.passes["third_order"] += s.size + 1
 
-    def tick(self, phase: str) -> None:
+    def tick(self, phase: Phase) -> None:
         self.done += 1
         if self.callback is not None:
             self.callback(ProbeProgress(self.done, self.total, phase))
@@ -539,19 +553,6 @@ def _coupling(H: Tensor) -> list[list[float]]:
     return C.tolist()
 
 
-def _hyper(spec: OptimizerSpec) -> dict[str, Any]:
-    if spec.name == "sgd":
-        return {"weight_decay": spec.weight_decay}
-    if spec.name == "momentum":
-        return {
-            "momentum": spec.momentum,
-            "dampening": spec.dampening,
-            "nesterov": spec.nesterov,
-            "weight_decay": spec.weight_decay,
-        }
-    return {"betas": list(spec.betas), "eps": spec.eps, "weight_decay": spec.weight_decay}
-
-
 def _trajectory_probe(
     model: nn.Module,
     loss_fn: LossFn,
@@ -683,7 +684,7 @@ def _trajectory_probe(
         notes.append(single_note)
     notes += _solver_notes(solution)
     return ProbeResult(
-        optimizer={"name": spec.name, **_hyper(spec)},
+        optimizer=spec.to_dict(),
         direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
         lr_factor=1.0,
         scale=scale,

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import torch
 from torch import nn
+
+from lrprobe.worker.newton.regroup import apply_rates, split_groups
 
 METHOD_VERSION = "gn-probe/0.2"  # 0.2: trajectory probe by default (issue 3)
 
@@ -23,7 +27,7 @@ class Spread:
 
 @dataclass(frozen=True)
 class GroupResult:
-    """One group's recommendation and diagnostics (spec §7.2).
+    """One group's recommendation and diagnostics (docs/method.md §7.2).
 
     ``lr`` is what to give the optimizer; ``eta`` is the raw solution of the cubic rule for this
     direction; ``flags`` explain any departure from ``scale · lr_factor · eta``.
@@ -60,7 +64,7 @@ class ScaleCheck:
         return self.realised / self.predicted if self.predicted else math.nan
 
 
-# Cost of each pass kind in forward+backward units (spec §2.3: one group's row of H̄ costs
+# Cost of each pass kind in forward+backward units (docs/method.md §2.3: one group's row of H̄ costs
 # ≈ 1.0–1.3 FB, with the D̄_sss pass ≈ 2.8–2.9; a forward is about a third of an FB).
 PASS_WEIGHTS = {"forward_backward": 1.0, "hessian_vector": 1.2, "third_order": 1.6, "forward": 0.35}
 
@@ -113,12 +117,49 @@ class ProbeResult:
         """Recommended learning rate per group name."""
         return {g.name: g.lr for g in self.groups}
 
-    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+    def param_groups(
+        self, model: nn.Module, base: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
         """``torch.optim`` parameter groups with the recommended learning rates.
 
-        Parameters are matched by name; raises ValueError if the model does not have the probed
-        parameters or has trainable parameters the probe did not cover.
+        ``base``: the hyperparameters to keep, either one mapping for every parameter
+        (``{"weight_decay": 0.01}``) or the parameter groups you would have built yourself (e.g.
+        weight decay for weights, none for biases and norms). Those groups are split by probe
+        group and keep all their keys but ``lr``. Parameters are matched by name; raises
+        ValueError if the model does not have the probed parameters or has trainable parameters
+        the probe did not cover.
         """
+        params = self._check_model(model)
+        if base is None or isinstance(base, Mapping):
+            extra = dict(base or {})
+            return [
+                {**extra, "params": [params[n] for n in g.param_names], "lr": g.lr, "name": g.name}
+                for g in self.groups
+            ]
+        groups, _, _ = split_groups(
+            [{k: v for k, v in g.items() if k != "lr"} for g in base], _names(model), self._rates()
+        )
+        return groups
+
+    def apply(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module, schedulers: Iterable[Any] = ()
+    ) -> torch.optim.Optimizer:
+        """Put the recommended rates into ``optimizer`` (already built over ``model``), in place.
+
+        Each of its parameter groups is split by probe group and keeps every other
+        hyperparameter (weight decay, betas, …). A schedule keeps running: a group's ``lr``
+        becomes the recommended rate times the schedule's current multiplier (``lr`` over
+        ``initial_lr``), and the per-group lists of ``schedulers`` (``base_lrs``, LambdaLR's
+        ``lr_lambdas``, …) follow the split. Applying again only rescales. Returns ``optimizer``.
+        """
+        self._check_model(model)
+        apply_rates(optimizer, _names(model), self._rates(), schedulers)
+        return optimizer
+
+    def _rates(self) -> dict[str, tuple[str, float]]:
+        return {n: (g.name, g.lr) for g in self.groups for n in g.param_names}
+
+    def _check_model(self, model: nn.Module) -> dict[str, nn.Parameter]:
         params = dict(model.named_parameters())
         probed = [n for g in self.groups for n in g.param_names]
         missing = [n for n in probed if n not in params]
@@ -127,10 +168,7 @@ class ProbeResult:
         extra = [n for n, p in params.items() if p.requires_grad and n not in set(probed)]
         if extra:
             raise ValueError(f"the probe did not cover trainable parameters {extra[:5]}")
-        return [
-            {"params": [params[n] for n in g.param_names], "lr": g.lr, "name": g.name}
-            for g in self.groups
-        ]
+        return params
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: tuples become lists, non-finite floats become None."""
@@ -148,7 +186,7 @@ class ProbeResult:
         data["groups"] = [
             GroupResult(
                 **{
-                    **{k: v for k, v in g.items() if k in _names(GroupResult)},
+                    **{k: v for k, v in g.items() if k in _fields(GroupResult)},
                     "param_names": tuple(g["param_names"]),
                     "lr_interval": tuple(g["lr_interval"]),
                     "eta_interval": tuple(g["eta_interval"]),
@@ -163,7 +201,7 @@ class ProbeResult:
         ]
         data["cost"] = Cost(**data["cost"])
         data["single_group_interval"] = tuple(data["single_group_interval"])
-        return cls(**{k: v for k, v in data.items() if k in _names(cls)})
+        return cls(**{k: v for k, v in data.items() if k in _fields(cls)})
 
     def table(self) -> str:
         """A plain-text per-group table (what the CLI and ``print(result)`` show)."""
@@ -197,7 +235,11 @@ class ProbeResult:
         return self.table()
 
 
-def _names(cls: type) -> set[str]:
+def _names(model: nn.Module) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def _fields(cls: type) -> set[str]:
     return {f.name for f in fields(cls)}
 
 

@@ -1,4 +1,5 @@
-"""The cubic-regularised Newton rule that turns summaries into one η per group (spec §3.2)."""
+"""The cubic-regularised Newton rule that turns summaries into one η per group
+(docs/method.md §3.2)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def cubic_model(
 
 
 def solve(summaries: HasSummaries, lam_int: float = 1.0) -> Solution:
-    """Global minimiser of the anisotropic cubic model ``m₃`` (spec §3.2).
+    """Global minimiser of the anisotropic cubic model ``m₃`` (docs/method.md §3.2).
 
     The minimiser satisfies ``(H̄ + (λ/2) r D²) η = ḡ`` with ``r = ‖Dη‖`` and
     ``H̄ + (λ/2) r D² ⪰ 0``; it is found by a safeguarded root search on

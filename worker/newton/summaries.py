@@ -71,7 +71,7 @@ def summaries(
     micro_batch: int | None = None,
     precision: Precision = "float32",
 ) -> Summaries:
-    """Compute ``ḡ``, ``H̄`` and the diagonal of ``D̄`` for one batch (spec §1.2).
+    """Compute ``ḡ``, ``H̄`` and the diagonal of ``D̄`` for one batch (docs/method.md §1.2).
 
     Route: one forward, the gradient with ``create_graph``, then for each group ``i`` one
     Hessian-vector product of ``ḡ_i`` restricted to the groups ``j ≥ i`` (autograd then runs only

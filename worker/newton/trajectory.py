@@ -5,7 +5,7 @@ Why this is ``probe``'s default — the evidence (``python -m bench.quality``; 4
 best held-out loss / that of the best point of a 7-point grid; median and worst over the 24
 cells, selection cost in forward+backward passes):
 
-- fixed-θ probe of spec §7.1 (K = 8, cubic, held-out λ₁): median 2.07, worst 26.9. The
+- fixed-θ probe of docs/method.md §7.1 (K = 8, cubic, held-out λ₁): median 2.07, worst 26.9. The
   one-step optimum at a single θ is a poor long-run rate: coupling drives some groups' η
   negative, others far above what 300 steps tolerate.
 - trajectory, published relu only (no bounds), λ₁ = 0.3: 1.56 / 10.3 (a group pinned at 0
@@ -27,8 +27,8 @@ ratio of 1.08 and a worst of 3.0, within 5 % of the grid in 14 of 30 cells, at 1
 passes (the grid: 2,100). It does not meet the issue's target everywhere: see the README.
 
 The trajectory copes with what kills the fixed-θ probe because it does what the published
-optimizer does (spec §3.4): re-solve η along its own path with λ₁, relu and an EMA, so that
-early curvature changes and noise average out; ``lr_s = λ₁ · median(η̄_s)`` over the second
+optimizer does (docs/method.md §3.4): re-solve η along its own path with λ₁, relu and an EMA, so
+that early curvature changes and noise average out; ``lr_s = λ₁ · median(η̄_s)`` over the second
 half of the run. The steps are the user's own ``torch.optim`` optimizer's: ``u`` is read off a
 real step at lr = 1 (the update is linear in lr for SGD, heavy ball, Nesterov, Adam and AdamW),
 so the optimizer state evolves as in training and the recommended rate multiplies the same
@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lrprobe.worker.newton.directions import OptimizerSpec, ParamState
+from lrprobe.worker.newton.directions import OptimizerSpec, ParamState, build_optimizer
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.microbatches import accumulated_backward
 from lrprobe.worker.newton.partition import Group
@@ -77,22 +77,6 @@ class Trajectory:
         """The evaluations the recommendation is read from: the second half of the run."""
         E = self.etas.shape[0]
         return slice(E // 2, E) if E > 1 else slice(0, E)
-
-
-def build_optimizer(
-    spec: OptimizerSpec, groups: Sequence[Group], params: Mapping[str, Tensor]
-) -> torch.optim.Optimizer:
-    """A ``torch.optim`` optimizer for ``spec`` with one parameter group per probe group."""
-    param_groups = [{"params": [params[n] for n in g.param_names], "lr": 0.0} for g in groups]
-    if spec.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=0.0, weight_decay=spec.weight_decay)
-    if spec.name == "momentum":
-        return torch.optim.SGD(
-            param_groups, lr=0.0, momentum=spec.momentum, dampening=spec.dampening,
-            nesterov=spec.nesterov, weight_decay=spec.weight_decay,
-        )  # fmt: skip
-    cls = torch.optim.AdamW if spec.name == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=0.0, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
 
 
 def run_trajectory(
@@ -160,7 +144,7 @@ def _run(
     precision: Precision,
 ) -> Trajectory:
     params = dict(work.named_parameters())
-    optimizer = build_optimizer(spec, groups, params)
+    optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
     trained = [params[n] for g in groups for n in g.param_names]
@@ -216,7 +200,8 @@ def _run(
             single = _single_eta(s, lam_int)
             bounded = _bounded(eta, single, bounds)
             bounded[list(solution.dropped)] = 0.0  # groups that do not move the loss stay put
-            # The published order (spec §3.4): relu, then the EMA, first evaluation unsmoothed.
+            # The published order (docs/method.md §3.4): relu, then the EMA, first evaluation
+            # unsmoothed.
             rho = smoothing if etas else 0.0
             smoothed = rho * smoothed + (1 - rho) * bounded
             etas.append(eta)
@@ -228,7 +213,7 @@ def _run(
                     for n in group.param_names:
                         params[n].sub_(scale * float(smoothed[i]) * u[n])
         else:
-            for i, param_group in enumerate(optimizer.param_groups):
+            for i, param_group in zip(owner, optimizer.param_groups, strict=True):
                 param_group["lr"] = scale * float(smoothed[i])
             optimizer.step()
         on_step(s)
@@ -272,7 +257,7 @@ def _unit_step(optimizer: torch.optim.Optimizer, params: Mapping[str, Tensor]) -
 
 
 def _single_eta(s: Summaries, lam_int: float) -> float:
-    """η of the S = 1 problem along the same ``u`` (sums of the summaries, spec §1.4)."""
+    """η of the S = 1 problem along the same ``u`` (sums of the summaries, docs/method.md §1.4)."""
     d3 = None if s.d3_total is None else torch.tensor([s.d3_total], dtype=torch.float64)
     single = Summaries(g=s.g.sum().reshape(1), H=s.H.sum().reshape(1, 1), d3=d3, loss=s.loss)
     return float(solve(single, lam_int).eta[0])
@@ -296,8 +281,8 @@ def _finite(s: Summaries) -> bool:
 
 
 def _bounded(eta: Tensor, single: float, bounds: float | None) -> Tensor:
-    """relu (spec §3.4), then, with ``bounds``, the single-group η as a floor/ceiling: a group
-    that coupling drives negative still learns, and a group with tiny curvature along ``u``
+    """relu (docs/method.md §3.4), then, with ``bounds``, the single-group η as a floor/ceiling: a
+    group that coupling drives negative still learns, and a group with tiny curvature along ``u``
     (LayerNorm gains, embeddings) cannot take a step the whole model would not survive."""
     eta = eta.clamp(min=0)
     if bounds is None or not single > 0:
@@ -345,11 +330,11 @@ def _calibrate(
 ) -> list[float]:
     params = dict(work.named_parameters())
     trained = [params[n] for g in groups for n in g.param_names]
-    optimizer = build_optimizer(spec, groups, params)
+    optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
-    for group, rate in zip(optimizer.param_groups, rates, strict=True):
-        group["lr"] = rate
+    for group, index in zip(optimizer.param_groups, owner, strict=True):
+        group["lr"] = rates[index]
     losses = []
     for t, batch in enumerate(batches):
         torch.manual_seed(seed + t)
