@@ -19,9 +19,14 @@ Optimizer = Annotated[
 Momentum = Annotated[float, typer.Option(help="Momentum β (momentum only).")]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay of your optimizer.")]
 Partition = Annotated[
-    str, typer.Option(help="layer | tensor | single, or {regex: group} rules as JSON / @file.")
+    str,
+    typer.Option(
+        help="layer | block | kind | tensor | single, or {regex: group} rules as JSON / @file."
+    ),
 ]
-MaxGroups = Annotated[int | None, typer.Option(help="Merge consecutive groups.")]
+MaxGroups = Annotated[
+    int | None, typer.Option(help="At most this many groups (default: automatic, 16).")
+]
 Batches = Annotated[
     int, typer.Option(help="The probe's budget: grouped-Newton trajectory steps (40 benchmarked).")
 ]
@@ -47,4 +52,4 @@ def json_arg(value: str | None) -> Any:
 
 
 def partition_arg(value: str) -> Any:
-    return value if value in ("layer", "tensor", "single") else json_arg(value)
+    return value if value in ("layer", "block", "kind", "tensor", "single") else json_arg(value)

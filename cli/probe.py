@@ -35,6 +35,17 @@ def probe_command(
     block_size: opt.BlockSize = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    micro_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Examples per pass: larger batches are accumulated, exactly (default: whole "
+            "batches; memory that runs out halves it).",
+        ),
+    ] = None,
+    calibration_steps: Annotated[
+        int, typer.Option(min=1, help="Steps of each λ₁ calibration run (40 benchmarked).")
+    ] = 40,
     data_root: Annotated[
         list[Path] | None, typer.Option(help="Directory file:// references may read (repeat).")
     ] = None,
@@ -55,7 +66,7 @@ def probe_command(
     from lrprobe.client import Recommendation
     from lrprobe.worker.intake.data_policy import DataPolicy
     from lrprobe.worker.intake.errors import IntakeError
-    from lrprobe.worker.newton import NumericalError, OptimizerSpec
+    from lrprobe.worker.newton import NumericalError, OptimizerSpec, OutOfMemoryProbeError
     from lrprobe.worker.pipeline import ProbeRequest, load_inputs, run_probe
 
     try:
@@ -76,6 +87,8 @@ def probe_command(
             block_size=block_size,
             seed=seed,
             device=device,
+            micro_batch=micro_batch,
+            calibration_steps=calibration_steps,
         )
         policy = DataPolicy(
             roots=tuple(roots),
@@ -94,7 +107,7 @@ def probe_command(
         )
         with probe_progress() as progress:
             result = run_probe(loaded.model, dataset, request, progress)
-    except (IntakeError, NumericalError) as exc:
+    except (IntakeError, NumericalError, OutOfMemoryProbeError) as exc:
         fail(exc.message if isinstance(exc, IntakeError) else str(exc), code=exc.code)
     except ValueError as exc:
         fail(str(exc), code="invalid_argument")

@@ -179,7 +179,7 @@ OPTIMIZER_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 """The keyword arguments of each optimizer that ``options`` may set (as in ``torch.optim``)."""
 _BOOL_OPTIONS = frozenset({"amsgrad", "centered", "decoupled_weight_decay"})
-PartitionRuleName = Literal["layer", "tensor", "single"]
+PartitionRuleName = Literal["layer", "block", "kind", "tensor", "single"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 # Requests: unknown fields are refused, and so are infinities and NaN (JSON has none, and the
@@ -331,11 +331,16 @@ class PartitionSpec(BaseModel):
 
     rule: PartitionRuleName | dict[NoNulStr, Name] = Field(
         "layer",
-        description="layer (one group per module owning parameters), tensor, single, or a "
-        "mapping {regex: group_name}.",
+        description="layer (one group per module owning parameters), block (one per repeated "
+        "block, such as a transformer layer), kind (attention, mlp, norm per block; embeddings "
+        "together), tensor, single, or a mapping {regex: group_name}.",
     )
     max_groups: StrictInt | None = Field(
-        None, ge=1, le=10_000, description="Merge groups beyond this count (None: no limit)."
+        None,
+        ge=1,
+        le=10_000,
+        description="Merge groups beyond this count (None: automatic, at most 16 groups, "
+        "coarsened along the model's structure first).",
     )
 
     @model_validator(mode="before")

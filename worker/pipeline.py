@@ -31,13 +31,15 @@ class ProbeRequest:
     loss: str = "cross_entropy"
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     partition: PartitionRule = "layer"
-    max_groups: int | None = None
+    max_groups: int | None = None  # None: the core's automatic cap
     batches: int = 40  # the budget: trajectory steps (default method)
     batch_size: int = 128
     heldout_batches: int = 4
     block_size: int | None = None
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    micro_batch: int | None = None  # examples per pass; None: the whole batch
+    calibration_steps: int = 40  # the length of each λ₁ calibration run
 
 
 def select_device(requested: str) -> torch.device:
@@ -93,7 +95,7 @@ def run_probe(
         _on_device(batches, device),
         optimizer=request.optimizer,
         partition=request.partition,
-        max_groups=request.max_groups,
+        max_groups="auto" if request.max_groups is None else request.max_groups,
         # The budget bounds both methods: trajectory steps take one batch each, the fixed
         # probe two per probe batch; the trajectory needs at least two steps.
         steps=max(request.batches, 2),
@@ -101,6 +103,8 @@ def run_probe(
         heldout_batches=request.heldout_batches,
         seed=request.seed,
         progress=progress,
+        micro_batch=request.micro_batch,
+        calibration_steps=request.calibration_steps,
     )
 
 

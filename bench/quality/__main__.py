@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-single": {"calibrate": (0.1, 0.3, 1.0), "partition": "single"},
     "traj-single": {"partition": "single"},
     "traj-tensor": {"partition": "tensor"},
+    "traj-block": {"partition": "block"},
+    "traj-kind": {"partition": "kind"},
 }
 
 

@@ -120,6 +120,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
     env["LRPROBE_DATA_DIR"] = str(data_dir)
+    # Every wrong-key case comes from 127.0.0.1: past the failed-key throttle (tested in
+    # tests/reliability) they would get 429 instead of the 401 each case checks.
+    env["LRPROBE_SIGN_IN_FAILURES_PER_MINUTE"] = "10000"
     log = data_dir.parent / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

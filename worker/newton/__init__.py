@@ -16,8 +16,16 @@ from lrprobe.worker.newton.directions import (
     ParamGroupSpec,
     from_torch,
 )
-from lrprobe.worker.newton.errors import NumericalError
-from lrprobe.worker.newton.partition import Group, PartitionRule, merge_consecutive, partition
+from lrprobe.worker.newton.errors import NumericalError, OutOfMemoryProbeError
+from lrprobe.worker.newton.partition import (
+    AUTO_MAX_GROUPS,
+    Group,
+    MaxGroups,
+    PartitionRule,
+    merge_consecutive,
+    partition,
+)
+from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.probe import ProbeProgress, probe
 from lrprobe.worker.newton.result import (
     METHOD_VERSION,
@@ -32,6 +40,7 @@ from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solv
 from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 
 __all__ = [
+    "AUTO_MAX_GROUPS",
     "METHOD_VERSION",
     "NOT_LINEAR",
     "OPTIMIZERS",
@@ -39,10 +48,13 @@ __all__ = [
     "Group",
     "GroupResult",
     "LossFn",
+    "MaxGroups",
     "NumericalError",
     "OptimizerSpec",
+    "OutOfMemoryProbeError",
     "ParamGroupSpec",
     "PartitionRule",
+    "Precision",
     "ProbeProgress",
     "ProbeResult",
     "ScaleCheck",

@@ -9,3 +9,9 @@ class NumericalError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class OutOfMemoryProbeError(MemoryError):
+    """The probe does not fit in memory even one example at a time."""
+
+    code = "out_of_memory"

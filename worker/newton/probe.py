@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from lrprobe.worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
 from lrprobe.worker.newton.errors import NumericalError
-from lrprobe.worker.newton.partition import Group, PartitionRule, partition
+from lrprobe.worker.newton.partition import Group, MaxGroups, PartitionRule, partition
+from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
 from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from lrprobe.worker.newton.state import preserved, shifted
@@ -58,7 +59,7 @@ def probe(
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
-    max_groups: int | None = None,
+    max_groups: MaxGroups = "auto",
     lam_int: float | None = None,
     third_order: bool | None = None,
     bootstrap: int = 200,
@@ -66,6 +67,8 @@ def probe(
     trust: float = 0.5,
     seed: int = 0,
     progress: Callable[[ProbeProgress], None] | None = None,
+    micro_batch: int | None = None,
+    precision: Precision = "float32",
 ) -> ProbeResult:
     """Recommend one learning rate per parameter group for the optimizer the user trains with.
 
@@ -114,16 +117,26 @@ def probe(
         num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
-        max_groups: merge consecutive groups down to this many.
+        max_groups: at most this many groups; ``"auto"`` (the default) caps a named rule at
+            :data:`~lrprobe.worker.newton.partition.AUTO_MAX_GROUPS` by coarsening along the
+            model's structure (a 12-block transformer is probed per block), None: no cap.
         lam_int: weight of the cubic penalty; 0 gives Newton. Default: 0 for the trajectory,
             1 for the fixed-θ probe.
         third_order: compute ``d3`` (needed for the cubic rule). Default: with ``lam_int > 0``.
         seed: seeds the batches' dropout masks and the bootstrap.
         progress: called after each batch (fixed) or optimizer step (trajectory).
+        micro_batch: run every pass on micro-batches of at most this many examples and
+            accumulate, so that a batch larger than one pass holds can be probed (exact for a
+            loss that is a mean over examples; None: whole batches). Memory that runs out
+            halves it, down to one example, before ``out_of_memory``.
+        precision: ``"float32"``: derivatives of a bfloat16/float16 model or one run under
+            autocast are taken in float32 with TF32 off; the trajectory's steps stay in the
+            model's own precision, as in training. ``"model"``: derivatives as the model runs.
 
     Raises:
         ValueError: too few batches, bad arguments (messages name the offending keys).
         NumericalError: the loss or the summaries are not finite at the checkpoint.
+        OutOfMemoryProbeError: even one example at a time does not fit (code ``out_of_memory``).
     """
     started = time.perf_counter()
     if num_batches < 1 or heldout_batches < 1:
@@ -158,7 +171,7 @@ def probe(
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
             bounds=bounds, calibrate=calibrate, calibration_steps=calibration_steps,
             lam_int=lam_int, third_order=third_order, seed=seed, progress=progress,
-            device=device, started=started,
+            device=device, started=started, micro_batch=micro_batch, precision=precision,
         )  # fmt: skip
     if method != "fixed":
         raise ValueError(f"unknown method {method!r}: use 'trajectory' or 'fixed'")
@@ -195,6 +208,7 @@ def probe(
         s = summaries(
             model, loss_fn, summary_batches[k], u, groups, third_order,
             total_third_order=third_order, seed=seed + _SUMMARY_SEED + k,
+            micro_batch=micro_batch, precision=precision,
         )  # fmt: skip
         _check_finite(s)
         meter.count_summaries(s, third_order)
@@ -285,7 +299,7 @@ def _solver_notes(solution: Solution) -> list[str]:
     return [f"the cubic rule fell back to {solution.status.value}"]
 
 
-def _partition(model: nn.Module, rule: PartitionRule, max_groups: int | None) -> list[Group]:
+def _partition(model: nn.Module, rule: PartitionRule, max_groups: MaxGroups) -> list[Group]:
     return partition(model, rule, max_groups)
 
 
@@ -560,6 +574,8 @@ def _trajectory_probe(
     progress: Callable[[ProbeProgress], None] | None,
     device: torch.device,
     started: float,
+    micro_batch: int | None,
+    precision: Precision,
 ) -> ProbeResult:
     """The default method: see :mod:`lrprobe.worker.newton.trajectory` for why."""
     if steps < 2 or period < 1 or not 0 <= smoothing < 1 or scale <= 0:
@@ -593,7 +609,8 @@ def _trajectory_probe(
                 model, loss_fn, drawn[:steps], drawn[steps : steps + evaluations], spec, groups,
                 optimizer_state=optimizer_state, scale=scale, period=period, lam_int=lam_int,
                 third_order=third_order, smoothing=smoothing, bounds=bounds, seed=seed,
-                on_step=on_step, fb_timer=fb_timer,
+                on_step=on_step, fb_timer=fb_timer, micro_batch=micro_batch,
+                precision=precision,
             )  # fmt: skip
         if not traj.diverged or attempt + 1 == _TRAJECTORY_ATTEMPTS:
             break
@@ -639,7 +656,7 @@ def _trajectory_probe(
                 run = calibration_losses(
                     model, loss_fn, drawn[steps + evaluations :], spec, groups,
                     [candidate * r for r in rates], optimizer_state=optimizer_state,
-                    seed=seed + _HELDOUT_SEED, fb_timer=fb_timer,
+                    seed=seed + _HELDOUT_SEED, fb_timer=fb_timer, micro_batch=micro_batch,
                 )  # fmt: skip
                 for _ in run:
                     meter.tick("calibration")

@@ -55,3 +55,30 @@ def shifted(params: Mapping[str, torch.Tensor], step: Mapping[str, torch.Tensor]
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
+
+
+@contextmanager
+def scratch(model: nn.Module) -> Iterator[nn.Module]:
+    """Yield ``model`` itself to be trained on; on exit its parameters, buffers and ``.grad``
+    are exactly what they were.
+
+    Training the model in place, with its checkpoint saved in host memory, replaces a deep copy:
+    on a GPU the device then holds one copy of the model, not two (README, "Large models").
+    ``.grad`` tensors are set aside, not copied, and come back as the same objects.
+    """
+    params = dict(model.named_parameters())
+    saved = {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
+    buffers = {name: b.detach().to("cpu", copy=True) for name, b in model.named_buffers()}
+    grads = {name: p.grad for name, p in params.items()}
+    try:
+        for p in params.values():
+            p.grad = None
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved[name])
+                p.grad = grads[name]
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])

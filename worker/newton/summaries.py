@@ -10,10 +10,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.microbatches import run_halving
 from lrprobe.worker.newton.norms import PrimitiveNorms
 from lrprobe.worker.newton.partition import Group
+from lrprobe.worker.newton.precision import (
+    PRECISIONS,
+    Precision,
+    float32_derivatives,
+    has_half,
+    upcast,
+)
 from lrprobe.worker.newton.state import preserved
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -31,6 +40,8 @@ class Summaries:
         u_sq_norm: (S,) ``‖u_s‖²``, to turn ``H̄_ss`` into a Rayleigh quotient.
         group_names: the groups' names, in order.
         d3_total: ``∇³L[u, u, u]`` for the whole direction (the single-group problem), if asked.
+        micro_batch: the micro-batch size the passes ran at (None: the whole batch); smaller
+            than asked when memory ran out, so that the next call can start there.
     """
 
     g: Tensor
@@ -40,6 +51,7 @@ class Summaries:
     u_sq_norm: Tensor | None = None
     group_names: tuple[str, ...] = ()
     d3_total: float | None = None
+    micro_batch: int | None = None
 
     @property
     def size(self) -> int:
@@ -56,6 +68,8 @@ def summaries(
     *,
     total_third_order: bool = False,
     seed: int | None = 0,
+    micro_batch: int | None = None,
+    precision: Precision = "float32",
 ) -> Summaries:
     """Compute ``ḡ``, ``H̄`` and the diagonal of ``D̄`` for one batch (docs/method.md §1.2).
 
@@ -77,21 +91,105 @@ def summaries(
         third_order: also compute ``d3`` (costs about as much again as ``H̄``).
         total_third_order: also compute ``∇³L[u, u, u]`` for the whole direction.
         seed: RNG seed for the forward (dropout masks); None keeps the current stream.
+        micro_batch: run the passes on micro-batches of at most this many examples and
+            accumulate (exact for a loss that is a mean over examples, see
+            :mod:`lrprobe.worker.newton.microbatches`); None: the whole batch. Either way, a
+            pass that runs out of memory is run again at half the micro-batch.
+        precision: ``"float32"`` (the default): half-precision parameters, buffers and inputs
+            are upcast and autocast and TF32 are off during the passes
+            (:mod:`lrprobe.worker.newton.precision`); float32 and float64 models keep their
+            dtype. ``"model"``: the model's own dtype and the caller's autocast.
 
     Raises:
         ValueError: missing or mis-shaped direction entries, unknown or frozen parameters, a loss
             that is not a scalar or does not depend on the parameters.
         NumericalError: the loss is not finite.
+        OutOfMemoryProbeError: the passes do not fit in memory even one example at a time.
     """
-    params = dict(model.named_parameters())
-    tensors, dirs = _aligned(groups, params, direction)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
+    wanted = float32_derivatives(model) if precision == "float32" else nullcontext()
+    with wanted:
+        if precision == "float32" and has_half(model):
+            batch = upcast(batch)
+        tensors, dirs = _aligned(groups, dict(model.named_parameters()), direction)
+
+        def accumulate(chunks: Sequence[tuple[Any, float]]) -> _Taylor:
+            total = _Taylor.zero(len(groups), third_order)
+            for k, (chunk, weight) in enumerate(chunks):
+                # The first micro-batch keeps the batch's seed: one micro-batch is the batch.
+                chunk_seed = None if seed is None else seed + _CHUNK_SEED * k
+                part = _taylor(
+                    model, loss_fn, chunk, tensors, dirs, third_order, total_third_order,
+                    chunk_seed,
+                )  # fmt: skip
+                total.add(part, weight)
+            return total
+
+        taylor, fitted = run_halving(batch, micro_batch, accumulate, "the summaries")
+        u_sq_norm = torch.stack([_dot(u, u) for u in dirs]).to(torch.float64).cpu()
+    return Summaries(
+        g=taylor.g,
+        H=taylor.H,
+        d3=taylor.d3,
+        loss=taylor.loss,
+        u_sq_norm=u_sq_norm,
+        group_names=tuple(g.name for g in groups),
+        d3_total=taylor.d3_total if total_third_order else None,
+        micro_batch=fitted,
+    )
+
+
+# Seeds of the micro-batches' dropout masks after the first, kept apart from the batch seeds.
+_CHUNK_SEED = 1_000_003
+
+
+@dataclass
+class _Taylor:
+    """Float64 sums of the summaries over micro-batches, each weighted by its share."""
+
+    g: Tensor
+    H: Tensor
+    d3: Tensor | None
+    loss: float = 0.0
+    d3_total: float = 0.0
+
+    @classmethod
+    def zero(cls, S: int, third_order: bool) -> _Taylor:
+        d3 = torch.zeros(S, dtype=torch.float64) if third_order else None
+        return cls(torch.zeros(S, dtype=torch.float64), torch.zeros(S, S, dtype=torch.float64), d3)
+
+    def add(self, part: _Taylor, weight: float) -> None:
+        self.g += weight * part.g
+        self.H += weight * part.H
+        if self.d3 is not None and part.d3 is not None:
+            self.d3 += weight * part.d3
+        self.loss += weight * part.loss
+        self.d3_total += weight * part.d3_total
+
+
+def _taylor(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    tensors: list[list[Tensor]],
+    dirs: list[list[Tensor]],
+    third_order: bool,
+    total_third_order: bool,
+    seed: int | None,
+) -> _Taylor:
+    """The summaries of one (micro-)batch: the passes described in :func:`summaries`."""
     flat = [p for grp in tensors for p in grp]
     starts = [0]
     for grp in tensors:
         starts.append(starts[-1] + len(grp))
-    S = len(groups)
+    S = len(tensors)
     exact_norms = PrimitiveNorms() if third_order or total_third_order else nullcontext()
-    with preserved(model, seed), torch.enable_grad(), exact_norms:
+    # Fused attention kernels (flash, memory-efficient) have no second derivative on a GPU;
+    # the math kernel is plain differentiable ops, in the passes' own precision.
+    with preserved(model, seed), torch.enable_grad(), exact_norms, sdpa_kernel(SDPBackend.MATH):
         loss = loss_fn(model, batch)
         check_loss(loss)
         grads = torch.autograd.grad(
@@ -119,25 +217,18 @@ def summaries(
             if third_order and hii.requires_grad:
                 third = torch.autograd.grad(hii, tensors[i], retain_graph=True, allow_unused=True)
                 d3_entries[i] = _dot(third, dirs[i]).detach()
-        d3_total = _total_third(gbar, flat, dirs) if total_third_order else None
-
+        d3_total = _total_third(gbar, flat, dirs) if total_third_order else 0.0
+        g = torch.stack([v.detach() for v in gbar]).to(torch.float64).cpu()
+        value = float(loss.detach())
     H = torch.zeros(S, S, dtype=torch.float64)
-    for (i, j), value in _to_cpu64(h_entries).items():
-        H[i, j] = H[j, i] = value
+    for (i, j), entry in _to_cpu64(h_entries).items():
+        H[i, j] = H[j, i] = entry
     d3 = None
     if third_order:
         d3 = torch.zeros(S, dtype=torch.float64)
-        for i, value in _to_cpu64(d3_entries).items():
-            d3[i] = value
-    return Summaries(
-        g=torch.stack([v.detach() for v in gbar]).to(torch.float64).cpu(),
-        H=H,
-        d3=d3,
-        loss=float(loss.detach()),
-        u_sq_norm=torch.stack([_dot(u, u) for u in dirs]).to(torch.float64).cpu(),
-        group_names=tuple(g.name for g in groups),
-        d3_total=d3_total,
-    )
+        for i, entry in _to_cpu64(d3_entries).items():
+            d3[i] = entry
+    return _Taylor(g, H, d3, value, d3_total)
 
 
 def _aligned(

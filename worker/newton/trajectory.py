@@ -37,8 +37,6 @@ so the optimizer state evolves as in training and the recommended rate multiplie
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -49,8 +47,11 @@ from torch import Tensor, nn
 
 from lrprobe.worker.newton.directions import OptimizerSpec, ParamState, build_optimizer
 from lrprobe.worker.newton.errors import NumericalError
+from lrprobe.worker.newton.microbatches import accumulated_backward
 from lrprobe.worker.newton.partition import Group
+from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.solve import solve
+from lrprobe.worker.newton.state import scratch
 from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
 
 
@@ -96,26 +97,57 @@ def run_trajectory(
     seed: int,
     on_step: Callable[[Summaries | None], None],
     fb_timer: Callable[[], AbstractContextManager[None]],
+    micro_batch: int | None = None,
+    precision: Precision = "float32",
 ) -> Trajectory:
     """Take ``len(direction_batches)`` optimizer steps on a copy of ``model`` with per-group
     rates ``scale · η̄``, re-solving η every ``period`` steps on the next summary batch.
 
-    The copy is trained; ``model`` itself is not touched (the caller restores RNG state).
+    ``model`` itself is trained and put back bit for bit at the end (:func:`scratch`: no second
+    copy of the model on its device; the caller restores RNG state). Steps accumulate gradients
+    over micro-batches of ``micro_batch`` examples and the summaries run at ``micro_batch`` and
+    ``precision`` (:func:`summaries`); a smaller micro-batch that memory forced is kept.
     ``bounds`` = b keeps each η_s within [η₁/b, b·η₁] of the single-group η₁ of the same
     evaluation (None: the published relu only). ``on_step`` is called after each step with the
     summaries when they were evaluated;
     ``fb_timer`` wraps each forward+backward (the probe's cost unit). A run whose loss stops
     being finite ends there (``diverged``); a non-finite loss at the checkpoint itself raises.
     """
-    with warnings.catch_warnings():
-        # Copying a torch.export module trips a deprecation inside torch's pytree code; it is
-        # torch's own warning, not the user's concern.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        work = copy.deepcopy(model)
+    with scratch(model) as work:
+        return _run(
+            work, loss_fn, direction_batches, summary_batches, spec, groups,
+            optimizer_state=optimizer_state, scale=scale, period=period, lam_int=lam_int,
+            third_order=third_order, smoothing=smoothing, bounds=bounds, seed=seed,
+            on_step=on_step, fb_timer=fb_timer, micro_batch=micro_batch, precision=precision,
+        )  # fmt: skip
+
+
+def _run(
+    work: nn.Module,
+    loss_fn: LossFn,
+    direction_batches: Sequence[Any],
+    summary_batches: Sequence[Any],
+    spec: OptimizerSpec,
+    groups: Sequence[Group],
+    *,
+    optimizer_state: ParamState | None,
+    scale: float,
+    period: int,
+    lam_int: float,
+    third_order: bool,
+    smoothing: float,
+    bounds: float | None,
+    seed: int,
+    on_step: Callable[[Summaries | None], None],
+    fb_timer: Callable[[], AbstractContextManager[None]],
+    micro_batch: int | None,
+    precision: Precision,
+) -> Trajectory:
     params = dict(work.named_parameters())
     optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
+    trained = [params[n] for g in groups for n in g.param_names]
     S = len(groups)
     smoothed = torch.zeros(S, dtype=torch.float64)
     etas: list[Tensor] = []
@@ -128,23 +160,28 @@ def run_trajectory(
         torch.manual_seed(seed + t)  # dropout masks of the step: reproducible for a seed
         optimizer.zero_grad(set_to_none=True)
         with fb_timer():
-            loss = loss_fn(work, batch)
+            loss, micro_batch = accumulated_backward(
+                loss_fn, work, batch, trained, micro_batch, check_loss if t == 0 else None
+            )
             if t == 0:
-                check_loss(loss)
-                start = float(loss.detach())
-            elif not bool(torch.isfinite(loss.detach())) or _blew_up(float(loss.detach()), start):
+                start = float(loss)
+            elif not bool(torch.isfinite(loss)) or _blew_up(float(loss), start):
                 diverged = True
                 break
-            loss.backward()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss))
         s = None
         if t % period == 0 and t // period < len(summary_batches):
             u = _unit_step(optimizer, params)  # commits the optimizer state, restores θ
+            # The step is in u now: the gradients would only add one model's worth of memory
+            # to the summaries' peak.
+            optimizer.zero_grad(set_to_none=True)
             try:
                 s = summaries(
                     work, loss_fn, summary_batches[t // period], u, groups, third_order,
                     total_third_order=third_order, seed=seed + 7919 + t,
+                    micro_batch=micro_batch, precision=precision,
                 )  # fmt: skip
+                micro_batch = s.micro_batch
             except NumericalError:
                 if t == 0:
                     raise
@@ -264,16 +301,35 @@ def calibration_losses(
     optimizer_state: ParamState | None,
     seed: int,
     fb_timer: Callable[[], AbstractContextManager[None]],
+    micro_batch: int | None = None,
 ) -> list[float]:
     """Training losses of a short run of the user's optimizer from the checkpoint with the
     per-group ``rates``, on ``batches`` (the same batches for every candidate, so that the
-    comparison between candidates is not drowned in batch noise). Stops at a non-finite loss."""
-    with warnings.catch_warnings():
-        # Copying a torch.export module trips a deprecation inside torch's pytree code; it is
-        # torch's own warning, not the user's concern.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        work = copy.deepcopy(model)
+    comparison between candidates is not drowned in batch noise). Stops at a non-finite loss.
+    ``model`` is trained in place and put back (:func:`scratch`); steps accumulate gradients
+    over micro-batches of ``micro_batch`` examples."""
+    with scratch(model) as work:
+        return _calibrate(
+            work, loss_fn, batches, spec, groups, rates, optimizer_state=optimizer_state,
+            seed=seed, fb_timer=fb_timer, micro_batch=micro_batch,
+        )  # fmt: skip
+
+
+def _calibrate(
+    work: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Any],
+    spec: OptimizerSpec,
+    groups: Sequence[Group],
+    rates: Sequence[float],
+    *,
+    optimizer_state: ParamState | None,
+    seed: int,
+    fb_timer: Callable[[], AbstractContextManager[None]],
+    micro_batch: int | None,
+) -> list[float]:
     params = dict(work.named_parameters())
+    trained = [params[n] for g in groups for n in g.param_names]
     optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
     if optimizer_state:
         _load_state(optimizer, params, optimizer_state)
@@ -284,11 +340,10 @@ def calibration_losses(
         torch.manual_seed(seed + t)
         optimizer.zero_grad(set_to_none=True)
         with fb_timer():
-            loss = loss_fn(work, batch)
-            value = float(loss.detach())
+            loss, micro_batch = accumulated_backward(loss_fn, work, batch, trained, micro_batch)
+            value = float(loss)
             losses.append(value)
             if not value < float("inf"):  # also catches NaN
                 break
-            loss.backward()
         optimizer.step()
     return losses
