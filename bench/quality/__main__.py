@@ -2,12 +2,16 @@
 
 For each task, start (fresh init, or a checkpoint after a short warm-up), optimizer and seed,
 N training steps with: lrprobe's per-layer rates, lrprobe's single-group rate, the best point
-of a 7-point log grid (7 full runs), the LR range test's steepest-descent suggestion (100
-steps) and the optimizer's default. Reported: final training loss, final and best held-out
-loss (mean ± std over seeds) and the compute spent choosing the rate, in forward+backward
-passes (the probe's derivative passes weighted as in spec §2.3; grid = 7 × N; range test = 100).
+of a 7-point log grid (7 full runs), the LR range test of ``torch-lr-finder`` (≤ 100 steps),
+the optimizer's default, and the learning-rate-free peers a user reaches for instead, each from
+its published package at its documented defaults: Prodigy (``prodigyopt``), schedule-free
+(``schedulefree``), D-Adaptation (``dadaptation``) and DoG (``dog-optimizer``). Reported: final
+training loss, final and best held-out loss (mean ± std over seeds), the ratio and the regret to
+the grid's best point, collapsed runs, and the compute spent choosing the rate in
+forward+backward passes (the probe's derivative passes weighted as in spec §2.3; grid = 7 × N)
+and seconds, with each training run's own seconds.
 
-    python -m bench.quality            # the README table, ≈ 25 min on 2 cores
+    python -m bench.quality            # the README table, ≈ 40 min on 2 shared cores
     python -m bench.quality --quick    # a smoke run, < 3 min
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 import time
@@ -23,10 +28,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.quality.runner import GRID, OPTIMIZERS, Job, timed_job
+from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
 
-METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default")
+METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 
@@ -78,7 +83,15 @@ def run(all_jobs: list[Job], workers: int) -> list[tuple[Job, dict[str, Any], fl
 
 def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str, Any]]:
     """One row per (task, start, optimizer, method); the grid row is the grid point with the
-    best mean of each metric (an oracle per metric, which favours the grid)."""
+    best mean of each metric (an oracle per metric, which favours the grid).
+
+    ``regret`` (issue 11) is per seed, then averaged: (method's best held-out loss − that of the
+    grid's best point) ÷ (the starting held-out loss − that of the grid's best point); 0 ties
+    the grid, 1 is no progress, negative beats it. Unlike the ratio it does not explode where
+    the grid reaches a loss near 0. It is floored at −1 (beating the grid by as much as the
+    grid improved): where the grid barely moves, the span is tiny. A run ``collapsed`` when it
+    diverged or its final training loss is nearer its start than the grid's best point's
+    (training regret > 0.5)."""
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for job, out, _ in sorted(results, key=lambda r: r[0].seed):
         cells.setdefault((job.task, job.start, job.optimizer), []).append(out)
@@ -91,60 +104,115 @@ def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str
             lr = min(outs[0]["grid"], key=lambda k: _mean([o["grid"][k][metric] for o in outs]))
             grid_best[metric] = (lr, [o["grid"][lr][metric] for o in outs])
         reference = _mean(grid_best["test_best"][1])
+        chosen = [o["grid"][grid_best["test_best"][0]] for o in outs]
         for method in ["grid", *methods]:
             row: dict[str, Any] = {"task": task, "start": start, "optimizer": opt, "method": method}
             if method == "grid":
+                runs = chosen
                 for metric in METRICS:
                     row[metric] = _stats(grid_best[metric][1])
                 row["lr"] = float(grid_best["test_best"][0])
                 row["selection_fb"] = len(GRID[opt]) * steps
-                row["diverged"] = 0
+                row["selection_seconds"] = _mean(
+                    [sum(p.get("train_seconds", 0.0) for p in o["grid"].values()) for o in outs]
+                )
             else:
                 runs = [o[method] for o in outs]
                 for metric in METRICS:
                     row[metric] = _stats([r[metric] for r in runs])
                 row["lr"] = [r["lr"] for r in runs]
                 row["selection_fb"] = _mean([r["selection_fb"] for r in runs])
-                row["diverged"] = sum(r["diverged"] for r in runs)
+                row["selection_seconds"] = _mean([r.get("selection_seconds", 0.0) for r in runs])
+            row["train_seconds"] = _mean([r.get("train_seconds", 0.0) for r in runs])
+            row["diverged"] = sum(bool(r["diverged"]) for r in runs)
+            pairs = list(zip(runs, chosen, strict=True))
+            regrets = [_regret(r, g, "test_best", "test_start") for r, g in pairs]
+            training = [_regret(r, g, "train", "train_start") for r, g in pairs]
+            row["regret"] = _mean(regrets)
+            row["regret_seeds"] = regrets
+            row["collapsed"] = sum(
+                bool(r["diverged"]) or t > 0.5 for r, t in zip(runs, training, strict=True)
+            )
             row["ratio"] = row["test_best"]["mean"] / reference
             rows.append(row)
     return rows
 
 
+def _regret(run: dict[str, Any], grid: dict[str, Any], metric: str, start: str) -> float:
+    origin = run.get(start, grid.get(start, math.nan))
+    span = origin - grid[metric]
+    if not span > 0:  # the grid's best point made no progress: only doing worse counts
+        return 0.0 if run[metric] <= grid[metric] else 1.0
+    return max(-1.0, (run[metric] - grid[metric]) / span)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | start | optimizer | method | train loss | held-out (final) | held-out (best) "
-        "| ratio to grid | selection FB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio to grid | regret | selection FB | selection s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        diverged = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+        failed = f" ({r['collapsed']} collapsed)" if r["collapsed"] else ""
         lines.append(
-            f"| {r['task']} | {r['start']} | {r['optimizer']} | {r['method']}{diverged} | "
+            f"| {r['task']} | {r['start']} | {r['optimizer']} | {r['method']}{failed} | "
             + " | ".join(_fmt(r[m]) for m in METRICS)
-            + f" | {r['ratio']:.3f} | {r['selection_fb']:.0f} |"
+            + f" | {r['ratio']:.3f} | {r['regret']:.3f} | {r['selection_fb']:.0f} "
+            f"| {r['selection_seconds']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
-    """Per method: how often it is within 5 % of the grid, its worst and median ratio."""
-    lines = ["| method | within 5 % of grid | beats range test | beats default | median ratio "
-             "| worst ratio | mean selection FB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+def _by_cell(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, dict[str, Any]]]:
     by_cell: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_cell.setdefault((r["task"], r["start"], r["optimizer"]), {})[r["method"]] = r
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "grid"]
-    for m in methods:
+    return by_cell
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per method over all cells: regret (median, worst, cells within 0.02), the ratio, cells
+    more than 0.05 regret behind lrprobe's own single-group rate, collapsed runs and cost."""
+    lines = ["| method | median regret | worst regret | regret ≤ 0.02 | > single-group + 0.05 "
+             "| median ratio | worst ratio | collapsed runs | selection FB | selection s "
+             "| training s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    by_cell = _by_cell(rows)
+    for m in dict.fromkeys(r["method"] for r in rows):
         cells = [c for c in by_cell.values() if m in c]
+        regrets = [c[m]["regret"] for c in cells]
         ratios = [c[m]["ratio"] for c in cells]
-        wins_range = sum(c[m]["ratio"] <= c["range-test"]["ratio"] for c in cells)
-        wins_default = sum(c[m]["ratio"] <= c["default"]["ratio"] for c in cells)
+        behind = [
+            c[m]["regret"] > c["lrprobe-single"]["regret"] + 0.05
+            for c in cells
+            if "lrprobe-single" in c
+        ]
         lines.append(
-            f"| {m} | {sum(x <= 1.05 for x in ratios)}/{len(cells)} | {wins_range}/{len(cells)} "
-            f"| {wins_default}/{len(cells)} | {statistics.median(ratios):.3f} | {max(ratios):.3f} "
-            f"| {_mean([c[m]['selection_fb'] for c in cells]):.0f} |"
+            f"| {m} | {statistics.median(regrets):.3f} | {max(regrets):.3f} "
+            f"| {sum(x <= 0.02 for x in regrets)}/{len(cells)} | {sum(behind)}/{len(behind)} "
+            f"| {statistics.median(ratios):.3f} | {max(ratios):.3f} "
+            f"| {sum(c[m]['collapsed'] for c in cells)} "
+            f"| {_mean([c[m]['selection_fb'] for c in cells]):.0f} "
+            f"| {_mean([c[m]['selection_seconds'] for c in cells]):.1f} "
+            f"| {_mean([c[m]['train_seconds'] for c in cells]):.1f} |"
         )
+    return "\n".join(lines)
+
+
+def per_optimizer(rows: list[dict[str, Any]]) -> str:
+    """Median / worst regret of each method, per optimizer and overall."""
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    lines = [
+        "| method | " + " | ".join(optimizers) + " | all |",
+        "|---|" + "---|" * (len(optimizers) + 1),
+    ]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cols = []
+        for opt in [*optimizers, None]:
+            values = [
+                r["regret"] for r in rows if r["method"] == m and opt in (None, r["optimizer"])
+            ]
+            cols.append(f"{statistics.median(values):.3f} / {max(values):.3f}" if values else "–")
+        lines.append(f"| {m} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
@@ -186,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     print()
     print(summary(rows))
+    print()
+    print(per_optimizer(rows))
     print(f"\n{len(all_jobs)} jobs, {elapsed:.0f} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
