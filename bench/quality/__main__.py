@@ -55,6 +55,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-single": {"calibrate": (0.1, 0.3, 1.0), "partition": "single"},
     "traj-single": {"partition": "single"},
     "traj-tensor": {"partition": "tensor"},
+    # issue 11: rules that may not collapse where the single-group rate does not
+    "cal-lo": {"calibrate": (0.03, 0.1, 0.3)},
+    "cal-lo-b3": {"calibrate": (0.03, 0.1, 0.3), "bounds": 3.0},
+    "shrink": {"shrink": 0.5},
+    "guard": {"guard": True},
+    "cal-lo-guard": {"calibrate": (0.03, 0.1, 0.3), "guard": True},
+    "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
 }
 
 
@@ -216,6 +223,37 @@ def per_optimizer(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict[str, Any]]) -> str:
+    """Does a flag predict a worse outcome? For each flag, lrprobe's mean and median regret over
+    the runs whose result raised it (on any group) against the runs that did not; and the same
+    for "any note"."""
+    regret = {
+        (r["task"], r["start"], r["optimizer"]): r["regret_seeds"]
+        for r in rows
+        if r["method"] == "lrprobe"
+    }
+    runs: list[tuple[set[str], float]] = []
+    for job, out, _ in results:
+        cell = regret.get((job.task, job.start, job.optimizer))
+        seeds = sorted(j.seed for j, _, _ in results if (j.task, j.start, j.optimizer) ==
+                       (job.task, job.start, job.optimizer))  # fmt: skip
+        if cell is None or "flags" not in out["lrprobe"]:
+            continue
+        flags = set(out["lrprobe"]["flags"]) | ({"any note"} if out["lrprobe"]["notes"] else set())
+        runs.append((flags, cell[seeds.index(job.seed)]))
+    lines = ["| flag | runs flagged | mean / median regret, flagged | mean / median regret, not "
+             "flagged |", "|---|---|---|---|"]  # fmt: skip
+    for flag in sorted({f for flags, _ in runs for f in flags}):
+        yes = [r for flags, r in runs if flag in flags]
+        no = [r for flags, r in runs if flag not in flags]
+        lines.append(f"| {flag} | {len(yes)}/{len(runs)} | {_pair(yes)} | {_pair(no)} |")
+    return "\n".join(lines)
+
+
+def _pair(values: Sequence[float]) -> str:
+    return f"{_mean(values):.3f} / {statistics.median(values):.3f}" if values else "–"
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
@@ -256,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(rows))
     print()
     print(per_optimizer(rows))
+    print()
+    print(flag_table(results, rows))
     print(f"\n{len(all_jobs)} jobs, {elapsed:.0f} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(

@@ -288,6 +288,15 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
         per_layer = train(task, job, start, lrs)
         per_layer.selection_fb, per_layer.selection_seconds = fb, seconds
         out[name] = per_layer.as_dict()
+        # What the probe said about itself, to check that its flags predict worse outcomes.
+        out[name]["flags"] = sorted({f for g in result.groups for f in g.flags})
+        out[name]["notes"] = len(result.notes)
+        out[name]["groups"] = [
+            {"flags": list(g.flags), "g_snr": g.g_snr, "negative_fraction":
+             g.spread.negative_fraction, "eta_interval": list(g.eta_interval), "eta": g.eta,
+             "lr": g.lr, "single": result.single_group_lr}
+            for g in result.groups
+        ]  # fmt: skip
         if name == "lrprobe":
             single = train(task, job, start, result.single_group_lr)
             single.selection_fb, single.selection_seconds = fb, seconds

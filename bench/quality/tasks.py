@@ -14,7 +14,10 @@ Eight tasks, chosen so that a rule cannot be tuned to one kind of model (issue 1
   dominates (the held-out loss turns up long before the training loss stops falling);
 - ``digits-transformer``: a 1-block transformer classifier reading the image's 8 rows as tokens;
 - ``digits-deepmlp``: an 8-layer ReLU MLP without normalisation, where a large global rate
-  diverges (its lower layers tolerate far less than its head).
+  diverges (its lower layers tolerate far less than its head);
+- ``wine-mlp``: a tanh MLP on wine, where a global rate of 3 sends the held-out loss to chance
+  level and gn-probe/0.2's per-layer rates once did the same with plain SGD (seed 8) while its
+  single-group rate did not: the case ``tests/newton/test_no_collapse.py`` pins.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from lrprobe.worker.newton import LossFn, losses
 
 TASKS = (
     "digits-mlp", "digits-cnn", "breast_cancer-mlp", "mnist1d-cnn", "gpt-lm", "wine-resmlp",
-    "digits-transformer", "digits-deepmlp",
+    "digits-transformer", "digits-deepmlp", "wine-mlp",
 )  # fmt: skip
 
 # A few standard-library modules of plain, varied Python: the LM's text (about 240 KB).
@@ -99,6 +102,12 @@ def _load(name: str) -> Task:
         x = _standardise(torch.tensor(data.data, dtype=torch.float32))
         train, test = _split(x, torch.tensor(data.target))
         return Task(name, ResidualMLP, losses.cross_entropy, train, test, 16)
+    if name == "wine-mlp":
+        data = load_wine()
+        x = _standardise(torch.tensor(data.data, dtype=torch.float32))
+        train, test = _split(x, torch.tensor(data.target))
+        mlp = lambda: _mlp([13, 64, 64, 3], nn.Tanh)  # noqa: E731
+        return Task(name, mlp, losses.cross_entropy, train, test, 32)
     if name == "digits-transformer":
         (xtr, ytr), (xte, yte) = _split(*_digits())
         shape = (-1, 8, 8)  # 8 tokens (the image's rows) of 8 features

@@ -356,3 +356,53 @@ def test_probe_runs_on_cuda_and_leaves_the_model_there() -> None:
     result = _quick(model, x, y)
     assert result.cost.device.startswith("cuda")
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["trajectory", "fixed"])
+def test_notes_name_every_raised_flag_and_no_other(method: str) -> None:
+    """Flags and notes agree: a flag raised on any group has its sentence in the notes, naming
+    those groups, and a flag raised nowhere has none (so "no notes" means nothing flagged)."""
+    from lrprobe.worker.newton.result import FLAG_MEANINGS
+
+    x, y = _data(n=64)
+    seen: set[str] = set()
+    for seed in range(3):
+        result = _quick(_mlp(), x, y, method=method, seed=seed, bounds=None)
+        for flag, meaning in FLAG_MEANINGS.items():
+            flagged = [g.name for g in result.groups if flag in g.flags]
+            notes = [n for n in result.notes if n.startswith(f"{flag} (")]
+            if flagged:
+                seen.add(flag)
+                assert len(notes) == 1 and meaning in notes[0]
+                assert all(name in notes[0] for name in flagged)
+            else:
+                assert not notes
+    assert seen, "no flag was raised: the test would not see a disagreement"
+
+
+def test_low_snr_compares_the_mean_slope_with_its_standard_error() -> None:
+    from lrprobe.worker.newton.probe import _low_snr
+
+    # One batch's slope spread 1.0 around a mean of 0.5: alone, noise; averaged over 40
+    # evaluations the mean is 3.2 standard errors from zero.
+    assert _low_snr(0.5, 1.0, 4) and not _low_snr(0.5, 1.0, 40)
+    assert not _low_snr(0.5, 0.0, 4) and not _low_snr(0.5, 1.0, 1)
+
+
+def test_shrink_one_gives_every_group_the_single_group_rate() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, shrink=1.0, calibrate=())
+    for g in result.groups:
+        assert g.eta == pytest.approx(result.single_group_eta, rel=1e-9)
+        assert g.lr == pytest.approx(result.single_group_lr, rel=1e-9)
+    with pytest.raises(ValueError, match="shrink"):
+        _quick(_mlp(), x, y, shrink=1.5)
+
+
+def test_shrink_moves_each_rate_toward_the_single_group_rate() -> None:
+    x, y = _data()
+    plain = _quick(_mlp(), x, y, shrink=0.0, calibrate=())
+    half = _quick(_mlp(), x, y, shrink=0.5, calibrate=())
+    single = plain.single_group_eta
+    for a, b in zip(plain.groups, half.groups, strict=True):
+        assert abs(math.log(b.eta / single)) <= abs(math.log(a.eta / single)) + 1e-9, a.name

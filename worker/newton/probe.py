@@ -7,7 +7,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -16,7 +16,14 @@ from torch import Tensor, nn
 from lrprobe.worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.partition import Group, PartitionRule, partition
-from lrprobe.worker.newton.result import Cost, GroupResult, ProbeResult, ScaleCheck, Spread
+from lrprobe.worker.newton.result import (
+    Cost,
+    GroupResult,
+    ProbeResult,
+    ScaleCheck,
+    Spread,
+    flag_notes,
+)
 from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from lrprobe.worker.newton.state import preserved, shifted
 from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
@@ -52,6 +59,8 @@ def probe(
     bounds: float | None = 10.0,
     calibrate: Sequence[float] = (0.1, 0.3, 1.0),
     calibration_steps: int = 40,
+    shrink: float = 0.0,
+    guard: bool = False,
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
@@ -104,6 +113,11 @@ def probe(
             ``bounds=None`` keeps only the published relu.
         calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
         calibration_steps: length of each calibration run.
+        shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
+            space: ``η₁^shrink · η̄^(1−shrink)`` (0: none, 1: the single-group rate everywhere).
+        guard: after calibration, one more run from the checkpoint at the single-group rate
+            ``λ₁ · η₁`` on the same batches; if it ends lower than the per-layer run, every
+            group gets the single-group rate (flag ``fallback_global``, with a note).
         num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
@@ -144,8 +158,8 @@ def probe(
             model, loss_fn, batches, spec, groups, optimizer_state,
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
             bounds=bounds, calibrate=calibrate, calibration_steps=calibration_steps,
-            lam_int=lam_int, third_order=third_order, seed=seed, progress=progress,
-            device=device, started=started,
+            shrink=shrink, guard=guard, lam_int=lam_int, third_order=third_order, seed=seed,
+            progress=progress, device=device, started=started,
         )  # fmt: skip
     if method != "fixed":
         raise ValueError(f"unknown method {method!r}: use 'trajectory' or 'fixed'")
@@ -227,6 +241,7 @@ def probe(
     notes += _solver_notes(solution)
     if single_note:
         notes.append(single_note)
+    notes += flag_notes(group_results)
     return ProbeResult(
         optimizer={"name": spec.name, **_hyper(spec)},
         direction=rule.description,
@@ -477,7 +492,7 @@ def _group_results(
             flags.append("negative")
         if eta_interval[0] <= 0 < eta and i not in solution.dropped:
             flags.append("noisy")
-        if std > 0 and abs(g) / std < 2:
+        if _low_snr(g, std, len(per_batch)):
             flags.append("low_snr")
         if eta > 0 and i not in solution.dropped:
             lr, lr_interval = factor * eta, (factor * eta_interval[0], factor * eta_interval[1])
@@ -513,6 +528,13 @@ def _group_results(
             )
         )
     return results
+
+
+def _low_snr(g: float, std: float, n: int) -> bool:
+    """The mean slope ḡ_s is within two standard errors of 0. (gn-probe/0.2 compared it with
+    one batch's spread instead, which flagged almost every group of every probe: one batch's
+    slope is always noisy, and the probe averages n of them.)"""
+    return std > 0 and n > 1 and abs(g) / (std / math.sqrt(n)) < 2
 
 
 def _coupling(H: Tensor) -> list[list[float]]:
@@ -553,6 +575,8 @@ def _trajectory_probe(
     bounds: float | None,
     calibrate: Sequence[float],
     calibration_steps: int,
+    shrink: float,
+    guard: bool,
     lam_int: float,
     third_order: bool,
     seed: int,
@@ -565,6 +589,8 @@ def _trajectory_probe(
         raise ValueError("need steps ≥ 2, period ≥ 1, 0 ≤ smoothing < 1 and trajectory_scale > 0")
     if calibrate and (calibration_steps < 1 or min(calibrate) <= 0):
         raise ValueError("calibrate needs positive candidates and calibration_steps ≥ 1")
+    if not 0 <= shrink <= 1:
+        raise ValueError("shrink must lie in [0, 1]")
     evaluations = -(-steps // period)
     extra = calibration_steps if calibrate else 0
     need = steps + evaluations + extra
@@ -575,7 +601,8 @@ def _trajectory_probe(
             + (f" + {extra} calibration steps" if extra else "")
             + f"), the iterable gave {len(drawn)}: pass an endless iterator or lower steps"
         )
-    meter = _Meter(progress, total=steps + extra * len(calibrate), device=device)
+    runs = len(calibrate) + (1 if guard and calibrate else 0)
+    meter = _Meter(progress, total=steps + extra * runs, device=device)
 
     def on_step(s: Summaries | None) -> None:
         if s is not None:
@@ -610,6 +637,8 @@ def _trajectory_probe(
             f"the trajectory diverged after {traj.steps} steps: rates lowered by 0.3×; "
             "probe with a smaller trajectory_scale"
         )
+    if shrink > 0:
+        traj = _shrunk(traj, shrink)
     tail = traj.tail()
     window = traj.summaries[tail]
     mean = _mean(window)
@@ -629,23 +658,28 @@ def _trajectory_probe(
         single_lr, single_lr,
     )  # fmt: skip
     scale_checks: list[ScaleCheck] = []
+    fallback = False
     if calibrate:
         # λ₁ by a short run of the user's optimizer per candidate: the one-step model cannot
         # say how large a fixed rate stays stable over hundreds of steps (quality benchmark).
         rates = [float(e) if e > 0 else eta_single for e in eta]
-        with preserved(model, seed):
-            for candidate in calibrate:
+
+        def calibration_change(per_group: list[float]) -> float:
+            with preserved(model, seed):
                 run = calibration_losses(
-                    model, loss_fn, drawn[steps + evaluations :], spec, groups,
-                    [candidate * r for r in rates], optimizer_state=optimizer_state,
-                    seed=seed + _HELDOUT_SEED, fb_timer=fb_timer,
+                    model, loss_fn, drawn[steps + evaluations :], spec, groups, per_group,
+                    optimizer_state=optimizer_state, seed=seed + _HELDOUT_SEED,
+                    fb_timer=fb_timer,
                 )  # fmt: skip
-                for _ in run:
-                    meter.tick("calibration")
-                tail_losses = run[-max(1, len(run) // 4) :]
-                finite = len(run) == calibration_steps and all(map(math.isfinite, run))
-                change = sum(tail_losses) / len(tail_losses) - run[0] if finite else math.inf
-                scale_checks.append(ScaleCheck(candidate, math.nan, change))
+            for _ in run:
+                meter.tick("calibration")
+            tail_losses = run[-max(1, len(run) // 4) :]
+            finite = len(run) == calibration_steps and all(map(math.isfinite, run))
+            return sum(tail_losses) / len(tail_losses) - run[0] if finite else math.inf
+
+        for candidate in calibrate:
+            change = calibration_change([candidate * r for r in rates])
+            scale_checks.append(ScaleCheck(candidate, math.nan, change))
         best = min(scale_checks, key=lambda c: c.realised)
         if math.isfinite(best.realised) and best.realised < 0:
             scale = best.scale
@@ -657,14 +691,25 @@ def _trajectory_probe(
             )
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
+        if guard:
+            chosen = next(c.realised for c in scale_checks if c.scale == scale)
+            alone = calibration_change([single_lr] * len(groups))
+            if alone < chosen:
+                fallback = True
+                notes.append(
+                    f"the per-layer rates lowered the training loss less than the single-group "
+                    f"rate over a {calibration_steps}-step run from the checkpoint: every group "
+                    "gets the single-group rate"
+                )
     newton = solve(mean, 0.0)
     group_results = _trajectory_groups(
         groups, dict(model.named_parameters()), traj, mean, solution, newton, eta, scale,
-        single_lr, single_interval,
+        single_lr, single_interval, fallback=fallback,
     )  # fmt: skip
     if single_note:
         notes.append(single_note)
     notes += _solver_notes(solution)
+    notes += flag_notes(group_results)
     return ProbeResult(
         optimizer={"name": spec.name, **_hyper(spec)},
         direction=f"{spec.name} steps along a {traj.steps}-step grouped-Newton trajectory",
@@ -684,6 +729,15 @@ def _trajectory_probe(
     )
 
 
+def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
+    """η̄ pulled toward the single-group η₁ of each evaluation in log space (where both are
+    positive): ``η₁^shrink · η̄^(1−shrink)``. Monotone in η̄, so intervals stay ordered."""
+    single = traj.single[:, None].expand_as(traj.smoothed)
+    ok = (traj.smoothed > 0) & (single > 0)
+    pulled = single.clamp(min=1e-300) ** shrink * traj.smoothed.clamp(min=1e-300) ** (1 - shrink)
+    return replace(traj, smoothed=torch.where(ok, pulled, traj.smoothed))
+
+
 def _trajectory_groups(
     groups: Sequence[Group],
     params: Mapping[str, Tensor],
@@ -695,6 +749,8 @@ def _trajectory_groups(
     scale: float,
     single_lr: float,
     single_interval: tuple[float, float],
+    *,
+    fallback: bool = False,
 ) -> list[GroupResult]:
     tail = traj.tail()
     smoothed, raw = traj.smoothed[tail], traj.etas[tail]
@@ -713,9 +769,9 @@ def _trajectory_groups(
             flags.append("negative")
         if q10 <= 0 < float(eta[i]):
             flags.append("noisy")
-        if std > 0 and abs(g) / std < 2:
+        if _low_snr(g, std, g_all.shape[0]):
             flags.append("low_snr")
-        if float(eta[i]) > 0:
+        if float(eta[i]) > 0 and not fallback:
             lr, lr_interval = scale * float(eta[i]), (scale * q10, scale * q90)
         else:
             # relu kept this group at 0 for most of the run; a frozen layer is the worst
