@@ -48,7 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "traj-p2": {"period": 2},
     "traj-20": {"steps": 20},
     "traj-g4": {"max_groups": 4},
-    "cal": {"calibrate": (0.1, 0.3, 1.0)},
+    "cal": {"calibrate": (0.1, 0.3, 1.0)},  # = gn-0.2
     "cal-hi": {"calibrate": (0.3, 1.0, 3.0)},
     "cal-newton": {"calibrate": (0.1, 0.3, 1.0), "lam_int": 0.0, "third_order": False},
     "cal-newton-hi": {"calibrate": (0.3, 1.0, 3.0), "lam_int": 0.0, "third_order": False},
@@ -59,8 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-lo": {"calibrate": (0.03, 0.1, 0.3)},
     "cal-lo-b3": {"calibrate": (0.03, 0.1, 0.3), "bounds": 3.0},
     "shrink": {"shrink": 0.5},
-    "guard": {"guard": True},
-    "cal-lo-guard": {"calibrate": (0.03, 0.1, 0.3), "guard": True},
+    "gn-0.2": {"calibrate": (0.1, 0.3, 1.0)},  # the default before issue 11
     "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
 }
 
@@ -79,13 +78,47 @@ def jobs(
     ]
 
 
-def run(all_jobs: list[Job], workers: int) -> list[tuple[Job, dict[str, Any], float]]:
-    if workers <= 1:
-        return [timed_job(j) for j in all_jobs]
+def run(
+    all_jobs: list[Job], workers: int, partial: Path | None = None
+) -> list[tuple[Job, dict[str, Any], float]]:
+    """Every job; with ``partial``, each finished job is appended there as one JSON line, so
+    that a run cut short still leaves its finished jobs (``--resume`` reads them back)."""
+    done = _read_partial(partial) if partial else []
+    finished = {_key(j) for j, _, _ in done}
+    todo = [j for j in all_jobs if _key(j) not in finished]
     # Longest tasks first so that the two workers finish together.
-    order = sorted(all_jobs, key=lambda j: j.task != "gpt-lm")
+    order = sorted(todo, key=lambda j: j.task != "gpt-lm")
+    if workers <= 1:
+        stream: Any = map(timed_job, order)
+        results = [_record(r, partial) for r in stream]
+        return done + results
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return list(pool.imap_unordered(timed_job, order))
+        return done + [_record(r, partial) for r in pool.imap_unordered(timed_job, order)]
+
+
+def _key(job: Job) -> tuple[Any, ...]:
+    return (job.task, job.start, job.optimizer, job.seed, job.steps, tuple(job.variants))
+
+
+def _record(
+    result: tuple[Job, dict[str, Any], float], partial: Path | None
+) -> tuple[Job, dict[str, Any], float]:
+    if partial is not None:
+        job, out, seconds = result
+        with partial.open("a") as f:
+            f.write(json.dumps({"job": asdict(job), "methods": out, "seconds": seconds}) + "\n")
+    return result
+
+
+def _read_partial(path: Path) -> list[tuple[Job, dict[str, Any], float]]:
+    if not path.exists():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        job = Job(**entry["job"])
+        results.append((job, entry["methods"], entry["seconds"]))
+    return results
 
 
 def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str, Any]]:
@@ -278,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--partial", type=Path, default=None,
+        help="append each finished job here (JSON lines) and skip the jobs already in it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     steps = args.steps or (100 if args.quick else 300)
@@ -286,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     starts = args.starts or (["init"] if args.quick else ["init", "warm"])
     all_jobs = jobs(args.tasks, starts, optimizers, seeds, steps, args.variants)
     started = time.perf_counter()
-    results = run(all_jobs, max(1, min(args.workers, 2)))
+    results = run(all_jobs, max(1, min(args.workers, 2)), args.partial)
     rows = aggregate(results)
     elapsed = time.perf_counter() - started
     print(table(rows))

@@ -57,10 +57,9 @@ def probe(
     smoothing: float = 0.5,
     trajectory_scale: float = 0.3,
     bounds: float | None = 10.0,
-    calibrate: Sequence[float] = (0.1, 0.3, 1.0),
+    calibrate: Sequence[float] = (0.03, 0.1, 0.3),
     calibration_steps: int = 40,
     shrink: float = 0.0,
-    guard: bool = False,
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
@@ -115,9 +114,6 @@ def probe(
         calibration_steps: length of each calibration run.
         shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
             space: ``η₁^shrink · η̄^(1−shrink)`` (0: none, 1: the single-group rate everywhere).
-        guard: after calibration, one more run from the checkpoint at the single-group rate
-            ``λ₁ · η₁`` on the same batches; if it ends lower than the per-layer run, every
-            group gets the single-group rate (flag ``fallback_global``, with a note).
         num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
@@ -158,7 +154,7 @@ def probe(
             model, loss_fn, batches, spec, groups, optimizer_state,
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
             bounds=bounds, calibrate=calibrate, calibration_steps=calibration_steps,
-            shrink=shrink, guard=guard, lam_int=lam_int, third_order=third_order, seed=seed,
+            shrink=shrink, lam_int=lam_int, third_order=third_order, seed=seed,
             progress=progress, device=device, started=started,
         )  # fmt: skip
     if method != "fixed":
@@ -576,7 +572,6 @@ def _trajectory_probe(
     calibrate: Sequence[float],
     calibration_steps: int,
     shrink: float,
-    guard: bool,
     lam_int: float,
     third_order: bool,
     seed: int,
@@ -601,8 +596,7 @@ def _trajectory_probe(
             + (f" + {extra} calibration steps" if extra else "")
             + f"), the iterable gave {len(drawn)}: pass an endless iterator or lower steps"
         )
-    runs = len(calibrate) + (1 if guard and calibrate else 0)
-    meter = _Meter(progress, total=steps + extra * runs, device=device)
+    meter = _Meter(progress, total=steps + extra * len(calibrate), device=device)
 
     def on_step(s: Summaries | None) -> None:
         if s is not None:
@@ -658,7 +652,6 @@ def _trajectory_probe(
         single_lr, single_lr,
     )  # fmt: skip
     scale_checks: list[ScaleCheck] = []
-    fallback = False
     if calibrate:
         # λ₁ by a short run of the user's optimizer per candidate: the one-step model cannot
         # say how large a fixed rate stays stable over hundreds of steps (quality benchmark).
@@ -691,20 +684,10 @@ def _trajectory_probe(
             )
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
-        if guard:
-            chosen = next(c.realised for c in scale_checks if c.scale == scale)
-            alone = calibration_change([single_lr] * len(groups))
-            if alone < chosen:
-                fallback = True
-                notes.append(
-                    f"the per-layer rates lowered the training loss less than the single-group "
-                    f"rate over a {calibration_steps}-step run from the checkpoint: every group "
-                    "gets the single-group rate"
-                )
     newton = solve(mean, 0.0)
     group_results = _trajectory_groups(
         groups, dict(model.named_parameters()), traj, mean, solution, newton, eta, scale,
-        single_lr, single_interval, fallback=fallback,
+        single_lr, single_interval,
     )  # fmt: skip
     if single_note:
         notes.append(single_note)
@@ -749,8 +732,6 @@ def _trajectory_groups(
     scale: float,
     single_lr: float,
     single_interval: tuple[float, float],
-    *,
-    fallback: bool = False,
 ) -> list[GroupResult]:
     tail = traj.tail()
     smoothed, raw = traj.smoothed[tail], traj.etas[tail]
@@ -771,7 +752,7 @@ def _trajectory_groups(
             flags.append("noisy")
         if _low_snr(g, std, g_all.shape[0]):
             flags.append("low_snr")
-        if float(eta[i]) > 0 and not fallback:
+        if float(eta[i]) > 0:
             lr, lr_interval = scale * float(eta[i]), (scale * q10, scale * q90)
         else:
             # relu kept this group at 0 for most of the run; a frozen layer is the worst

@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import nn
 
-METHOD_VERSION = "gn-probe/0.2"  # 0.2: trajectory probe by default (issue 3)
+# 0.2: trajectory probe by default (issue 3); 0.3: λ₁ from {0.03, 0.1, 0.3} (issue 11)
+METHOD_VERSION = "gn-probe/0.3"
 
 
 @dataclass(frozen=True)
