@@ -364,10 +364,19 @@ def test_notes_name_every_raised_flag_and_no_other(method: str) -> None:
     those groups, and a flag raised nowhere has none (so "no notes" means nothing flagged)."""
     from lrprobe.worker.newton.result import FLAG_MEANINGS
 
+    class WithSpare(nn.Module):  # the spare layer raises "unused" at least
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _mlp()
+            self.spare = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
     x, y = _data(n=64)
     seen: set[str] = set()
     for seed in range(3):
-        result = _quick(_mlp(), x, y, method=method, seed=seed, bounds=None)
+        result = _quick(WithSpare(), x, y, method=method, seed=seed, bounds=None)
         for flag, meaning in FLAG_MEANINGS.items():
             flagged = [g.name for g in result.groups if flag in g.flags]
             notes = [n for n in result.notes if n.startswith(f"{flag} (")]
@@ -377,7 +386,7 @@ def test_notes_name_every_raised_flag_and_no_other(method: str) -> None:
                 assert all(name in notes[0] for name in flagged)
             else:
                 assert not notes
-    assert seen, "no flag was raised: the test would not see a disagreement"
+    assert "unused" in seen
 
 
 def test_low_snr_compares_the_mean_slope_with_its_standard_error() -> None:
@@ -406,3 +415,20 @@ def test_shrink_moves_each_rate_toward_the_single_group_rate() -> None:
     single = plain.single_group_eta
     for a, b in zip(plain.groups, half.groups, strict=True):
         assert abs(math.log(b.eta / single)) <= abs(math.log(a.eta / single)) + 1e-9, a.name
+
+
+def test_a_wide_spread_of_per_layer_rates_is_noted_with_the_single_group_rate() -> None:
+    from dataclasses import replace
+
+    from lrprobe.worker.newton.probe import WIDE_SPREAD, _spread_note
+
+    x, y = _data()
+    groups = _quick(_mlp(), x, y).groups
+    narrow = [replace(g, lr=1.0 + i) for i, g in enumerate(groups)]
+    assert _spread_note(narrow, 0.5) is None
+    wide = [replace(groups[0], lr=1.0), *(replace(g, lr=2 * WIDE_SPREAD) for g in groups[1:])]
+    note = _spread_note(wide, 0.5)
+    assert note is not None and "60×" in note and "0.5" in note
+    # an unused group's rate says nothing about the others
+    unused = [replace(wide[0], flags=("unused",)), *wide[1:]]
+    assert _spread_note(unused, 0.5) is None

@@ -204,11 +204,11 @@ class ProbeResult:
 FLAG_MEANINGS = {
     "unused": "these parameters do not change the loss; they keep the single-group rate",
     "negative": (
-        "the Newton step for this group pointed uphill in most evaluations, so its rate is the "
-        "floor tied to the single-group rate, not a measurement"
+        "the Newton step for this group pointed uphill in at least 80 % of the evaluations, so "
+        "its rate is mostly the floor tied to the single-group rate, not a measurement"
     ),
     "noisy": "the 10–90 % interval of its η reaches 0: the rate is uncertain",
-    "low_snr": (
+    "low_snr": (  # the fixed-θ probe only
         "the mean slope along its step is within two standard errors of zero: the probe "
         "cannot tell whether moving it lowers the loss; probe with more or larger batches"
     ),
