@@ -17,7 +17,7 @@ Eight tasks, chosen so that a rule cannot be tuned to one kind of model (issue 1
   diverges (its lower layers tolerate far less than its head);
 - ``wine-mlp``: a tanh MLP on wine, where a global rate of 3 sends the held-out loss to chance
   level and gn-probe/0.2's per-layer rates once did the same with plain SGD (seed 8) while its
-  single-group rate did not: the case ``tests/newton/test_no_collapse.py`` pins.
+  single-group rate did not: the case ``tests/bench/test_no_collapse.py`` pins.
 """
 
 from __future__ import annotations
