@@ -5,12 +5,13 @@ gn-probe/0.3 (issue 11) changed one thing: λ₁ is chosen from {0.03, 0.1, 0.3}
 the share of the grid's improvement a method misses; see the README's quality section):
 
 - the candidates {0.03, 0.1, 0.3} (kept): the winning λ₁ of a 40-step training-loss contest
-  is too large for a 300-step run. On the 48 cells of the 8 small tasks (one seed), the worst
-  regret fell from 1.00 to 0.52 (cells above 0.15: 6 → 5) for a median of 0.007 instead of
+  is too large for a 300-step run. On the 54 cells of the 9 tasks (one seed), the worst
+  regret fell from 1.00 to 0.52 (cells above 0.15: 7 → 5) for a median of 0.008 instead of
   0.004, and the pinned collapse (``tests/bench/test_no_collapse.py``: a tanh MLP on wine,
   plain SGD, where gn-probe/0.2 gave the head 6.8 and the held-out loss never left chance
-  level) is gone. 8 cells got better by more than 0.01 regret (up to 0.79), 5 worse (up to
-  0.13: plain SGD on the digits CNN, which wants λ₁ near 1).
+  level) is gone. 9 cells got better by more than 0.01 regret (up to 0.79), 9 worse (up to
+  0.15: the GPT and the digits CNN with plain SGD or momentum, which want λ₁ near 1). A
+  safer worst case for a slightly higher median: the issue puts safety first.
 - shrinking each group toward the single-group rate in log space (``shrink=0.5``), tighter
   bounds (3× instead of 10×) and both: re-run on the 8 cells where the per-layer rates did
   worst, each won some cells and lost others by as much (deep ReLU MLP with momentum: 0.52 →
