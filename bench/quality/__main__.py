@@ -2,13 +2,16 @@
 
 For each task, start (fresh init, or a checkpoint after a short warm-up), optimizer and seed,
 N training steps with: lrprobe's per-layer rates, lrprobe's single-group rate, the best point
-of a 7-point log grid (7 full runs), the LR range test's steepest-descent suggestion (100
-steps) and the optimizer's default. Reported: final training loss, final and best held-out
-loss (mean ± std over seeds) and the compute spent choosing the rate, in forward+backward
-passes (the probe's derivative passes weighted as in docs/method.md §2.3; grid = 7 × N; range
-test = 100).
+of a 7-point log grid (7 full runs), the LR range test of ``torch-lr-finder`` (≤ 100 steps),
+the optimizer's default, and the learning-rate-free peers a user reaches for instead, each from
+its published package at its documented defaults: Prodigy (``prodigyopt``), schedule-free
+(``schedulefree``), D-Adaptation (``dadaptation``) and DoG (``dog-optimizer``). Reported: final
+training loss, final and best held-out loss (mean ± std over seeds), the ratio and the regret to
+the grid's best point, collapsed runs, and the compute spent choosing the rate in
+forward+backward passes (the probe's derivative passes weighted as in docs/method.md §2.3;
+grid = 7 × N) and seconds, with each training run's own seconds.
 
-    python -m bench.quality            # the README table, ≈ 25 min on 2 cores
+    python -m bench.quality            # the README table, ≈ 40 min on 2 shared cores
     python -m bench.quality --quick    # a smoke run, < 3 min
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 import time
@@ -24,10 +28,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.quality.runner import GRID, OPTIMIZERS, Job, timed_job
+from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
 
-METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default")
+METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 
@@ -44,7 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "traj-p2": {"period": 2},
     "traj-20": {"steps": 20},
     "traj-g4": {"max_groups": 4},
-    "cal": {"calibrate": (0.1, 0.3, 1.0)},
+    "cal": {"calibrate": (0.1, 0.3, 1.0)},  # = gn-0.2
     "cal-hi": {"calibrate": (0.3, 1.0, 3.0)},
     "cal-newton": {"calibrate": (0.1, 0.3, 1.0), "lam_int": 0.0, "third_order": False},
     "cal-newton-hi": {"calibrate": (0.3, 1.0, 3.0), "lam_int": 0.0, "third_order": False},
@@ -53,6 +57,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "traj-tensor": {"partition": "tensor"},
     "traj-block": {"partition": "block"},
     "traj-kind": {"partition": "kind"},
+    # issue 11: rules that may not collapse where the single-group rate does not
+    "cal-lo": {"calibrate": (0.03, 0.1, 0.3)},
+    "cal-lo-b3": {"calibrate": (0.03, 0.1, 0.3), "bounds": 3.0},
+    "shrink": {"shrink": 0.5},
+    "gn-0.2": {"calibrate": (0.1, 0.3, 1.0)},  # the default before issue 11
+    "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
 }
 
 
@@ -70,18 +80,60 @@ def jobs(
     ]
 
 
-def run(all_jobs: list[Job], workers: int) -> list[tuple[Job, dict[str, Any], float]]:
-    if workers <= 1:
-        return [timed_job(j) for j in all_jobs]
+def run(
+    all_jobs: list[Job], workers: int, partial: Path | None = None
+) -> list[tuple[Job, dict[str, Any], float]]:
+    """Every job; with ``partial``, each finished job is appended there as one JSON line, so
+    that a run cut short still leaves its finished jobs (``--resume`` reads them back)."""
+    done = _read_partial(partial) if partial else []
+    finished = {_key(j) for j, _, _ in done}
+    todo = [j for j in all_jobs if _key(j) not in finished]
     # Longest tasks first so that the two workers finish together.
-    order = sorted(all_jobs, key=lambda j: j.task != "gpt-lm")
+    order = sorted(todo, key=lambda j: j.task != "gpt-lm")
+    if workers <= 1:
+        stream: Any = map(timed_job, order)
+        results = [_record(r, partial) for r in stream]
+        return done + results
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return list(pool.imap_unordered(timed_job, order))
+        return done + [_record(r, partial) for r in pool.imap_unordered(timed_job, order)]
+
+
+def _key(job: Job) -> tuple[Any, ...]:
+    return (job.task, job.start, job.optimizer, job.seed, job.steps, tuple(job.variants))
+
+
+def _record(
+    result: tuple[Job, dict[str, Any], float], partial: Path | None
+) -> tuple[Job, dict[str, Any], float]:
+    if partial is not None:
+        job, out, seconds = result
+        with partial.open("a") as f:
+            f.write(json.dumps({"job": asdict(job), "methods": out, "seconds": seconds}) + "\n")
+    return result
+
+
+def _read_partial(path: Path) -> list[tuple[Job, dict[str, Any], float]]:
+    if not path.exists():
+        return []
+    results = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        job = Job(**entry["job"])
+        results.append((job, entry["methods"], entry["seconds"]))
+    return results
 
 
 def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str, Any]]:
     """One row per (task, start, optimizer, method); the grid row is the grid point with the
-    best mean of each metric (an oracle per metric, which favours the grid)."""
+    best mean of each metric (an oracle per metric, which favours the grid).
+
+    ``regret`` (issue 11) is per seed, then averaged: (method's best held-out loss − that of the
+    grid's best point) ÷ (the starting held-out loss − that of the grid's best point); 0 ties
+    the grid, 1 is no progress, negative beats it. Unlike the ratio it does not explode where
+    the grid reaches a loss near 0. It is floored at −1 (beating the grid by as much as the
+    grid improved): where the grid barely moves, the span is tiny. A run ``collapsed`` when it
+    diverged or its final training loss is nearer its start than the grid's best point's
+    (training regret > 0.5)."""
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for job, out, _ in sorted(results, key=lambda r: r[0].seed):
         cells.setdefault((job.task, job.start, job.optimizer), []).append(out)
@@ -94,61 +146,147 @@ def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str
             lr = min(outs[0]["grid"], key=lambda k: _mean([o["grid"][k][metric] for o in outs]))
             grid_best[metric] = (lr, [o["grid"][lr][metric] for o in outs])
         reference = _mean(grid_best["test_best"][1])
+        chosen = [o["grid"][grid_best["test_best"][0]] for o in outs]
         for method in ["grid", *methods]:
             row: dict[str, Any] = {"task": task, "start": start, "optimizer": opt, "method": method}
             if method == "grid":
+                runs = chosen
                 for metric in METRICS:
                     row[metric] = _stats(grid_best[metric][1])
                 row["lr"] = float(grid_best["test_best"][0])
                 row["selection_fb"] = len(GRID[opt]) * steps
-                row["diverged"] = 0
+                row["selection_seconds"] = _mean(
+                    [sum(p.get("train_seconds", 0.0) for p in o["grid"].values()) for o in outs]
+                )
             else:
                 runs = [o[method] for o in outs]
                 for metric in METRICS:
                     row[metric] = _stats([r[metric] for r in runs])
                 row["lr"] = [r["lr"] for r in runs]
                 row["selection_fb"] = _mean([r["selection_fb"] for r in runs])
-                row["diverged"] = sum(r["diverged"] for r in runs)
+                row["selection_seconds"] = _mean([r.get("selection_seconds", 0.0) for r in runs])
+            row["train_seconds"] = _mean([r.get("train_seconds", 0.0) for r in runs])
+            row["diverged"] = sum(bool(r["diverged"]) for r in runs)
+            pairs = list(zip(runs, chosen, strict=True))
+            regrets = [_regret(r, g, "test_best", "test_start") for r, g in pairs]
+            training = [_regret(r, g, "train", "train_start") for r, g in pairs]
+            row["regret"] = _mean(regrets)
+            row["regret_seeds"] = regrets
+            row["collapsed"] = sum(
+                bool(r["diverged"]) or t > 0.5 for r, t in zip(runs, training, strict=True)
+            )
             row["ratio"] = row["test_best"]["mean"] / reference
             rows.append(row)
     return rows
 
 
+def _regret(run: dict[str, Any], grid: dict[str, Any], metric: str, start: str) -> float:
+    origin = run.get(start, grid.get(start, math.nan))
+    span = origin - grid[metric]
+    if not span > 0:  # the grid's best point made no progress: only doing worse counts
+        return 0.0 if run[metric] <= grid[metric] else 1.0
+    return max(-1.0, (run[metric] - grid[metric]) / span)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | start | optimizer | method | train loss | held-out (final) | held-out (best) "
-        "| ratio to grid | selection FB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio to grid | regret | selection FB | selection s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        diverged = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+        failed = f" ({r['collapsed']} collapsed)" if r["collapsed"] else ""
         lines.append(
-            f"| {r['task']} | {r['start']} | {r['optimizer']} | {r['method']}{diverged} | "
+            f"| {r['task']} | {r['start']} | {r['optimizer']} | {r['method']}{failed} | "
             + " | ".join(_fmt(r[m]) for m in METRICS)
-            + f" | {r['ratio']:.3f} | {r['selection_fb']:.0f} |"
+            + f" | {r['ratio']:.3f} | {r['regret']:.3f} | {r['selection_fb']:.0f} "
+            f"| {r['selection_seconds']:.1f} |"
         )
     return "\n".join(lines)
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
-    """Per method: how often it is within 5 % of the grid, its worst and median ratio."""
-    lines = ["| method | within 5 % of grid | beats range test | beats default | median ratio "
-             "| worst ratio | mean selection FB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+def _by_cell(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, dict[str, Any]]]:
     by_cell: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_cell.setdefault((r["task"], r["start"], r["optimizer"]), {})[r["method"]] = r
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "grid"]
-    for m in methods:
+    return by_cell
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per method over all cells: regret (median, worst, cells within 0.02), the ratio, cells
+    more than 0.05 regret behind lrprobe's own single-group rate, collapsed runs and cost."""
+    lines = ["| method | median regret | worst regret | regret ≤ 0.02 | > single-group + 0.05 "
+             "| median ratio | worst ratio | collapsed runs | selection FB | selection s "
+             "| training s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    by_cell = _by_cell(rows)
+    for m in dict.fromkeys(r["method"] for r in rows):
         cells = [c for c in by_cell.values() if m in c]
+        regrets = [c[m]["regret"] for c in cells]
         ratios = [c[m]["ratio"] for c in cells]
-        wins_range = sum(c[m]["ratio"] <= c["range-test"]["ratio"] for c in cells)
-        wins_default = sum(c[m]["ratio"] <= c["default"]["ratio"] for c in cells)
+        behind = [
+            c[m]["regret"] > c["lrprobe-single"]["regret"] + 0.05
+            for c in cells
+            if "lrprobe-single" in c
+        ]
         lines.append(
-            f"| {m} | {sum(x <= 1.05 for x in ratios)}/{len(cells)} | {wins_range}/{len(cells)} "
-            f"| {wins_default}/{len(cells)} | {statistics.median(ratios):.3f} | {max(ratios):.3f} "
-            f"| {_mean([c[m]['selection_fb'] for c in cells]):.0f} |"
+            f"| {m} | {statistics.median(regrets):.3f} | {max(regrets):.3f} "
+            f"| {sum(x <= 0.02 for x in regrets)}/{len(cells)} | {sum(behind)}/{len(behind)} "
+            f"| {statistics.median(ratios):.3f} | {max(ratios):.3f} "
+            f"| {sum(c[m]['collapsed'] for c in cells)} "
+            f"| {_mean([c[m]['selection_fb'] for c in cells]):.0f} "
+            f"| {_mean([c[m]['selection_seconds'] for c in cells]):.1f} "
+            f"| {_mean([c[m]['train_seconds'] for c in cells]):.1f} |"
         )
     return "\n".join(lines)
+
+
+def per_optimizer(rows: list[dict[str, Any]]) -> str:
+    """Median / worst regret of each method, per optimizer and overall."""
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    lines = [
+        "| method | " + " | ".join(optimizers) + " | all |",
+        "|---|" + "---|" * (len(optimizers) + 1),
+    ]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cols = []
+        for opt in [*optimizers, None]:
+            values = [
+                r["regret"] for r in rows if r["method"] == m and opt in (None, r["optimizer"])
+            ]
+            cols.append(f"{statistics.median(values):.3f} / {max(values):.3f}" if values else "–")
+        lines.append(f"| {m} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
+def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict[str, Any]]) -> str:
+    """Does a flag predict a worse outcome? For each flag, lrprobe's mean and median regret over
+    the runs whose result raised it (on any group) against the runs that did not; and the same
+    for "any note"."""
+    regret = {
+        (r["task"], r["start"], r["optimizer"]): r["regret_seeds"]
+        for r in rows
+        if r["method"] == "lrprobe"
+    }
+    runs: list[tuple[set[str], float]] = []
+    for job, out, _ in results:
+        cell = regret.get((job.task, job.start, job.optimizer))
+        seeds = sorted(j.seed for j, _, _ in results if (j.task, j.start, j.optimizer) ==
+                       (job.task, job.start, job.optimizer))  # fmt: skip
+        if cell is None or "flags" not in out["lrprobe"]:
+            continue
+        flags = set(out["lrprobe"]["flags"]) | ({"any note"} if out["lrprobe"]["notes"] else set())
+        runs.append((flags, cell[seeds.index(job.seed)]))
+    lines = ["| flag | runs flagged | mean / median regret, flagged | mean / median regret, not "
+             "flagged |", "|---|---|---|---|"]  # fmt: skip
+    for flag in sorted({f for flags, _ in runs for f in flags}):
+        yes = [r for flags, r in runs if flag in flags]
+        no = [r for flags, r in runs if flag not in flags]
+        lines.append(f"| {flag} | {len(yes)}/{len(runs)} | {_pair(yes)} | {_pair(no)} |")
+    return "\n".join(lines)
+
+
+def _pair(values: Sequence[float]) -> str:
+    return f"{_mean(values):.3f} / {statistics.median(values):.3f}" if values else "–"
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -167,7 +305,7 @@ def _fmt(s: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, fewer steps")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS)
     parser.add_argument("--optimizers", nargs="+", default=None, choices=OPTIMIZERS)
     parser.add_argument("--starts", nargs="+", default=None, choices=["init", "warm"])
     parser.add_argument("--seeds", type=int, default=None)
@@ -175,20 +313,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--partial", type=Path, default=None,
+        help="append each finished job here (JSON lines) and skip the jobs already in it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     seeds = args.seeds or (1 if args.quick else 3)
     steps = args.steps or (100 if args.quick else 300)
     # --quick: one seed, 100 steps, fresh starts, plain SGD and AdamW (explicit flags win).
     optimizers = args.optimizers or (["sgd", "adamw"] if args.quick else list(OPTIMIZERS))
     starts = args.starts or (["init"] if args.quick else ["init", "warm"])
-    all_jobs = jobs(args.tasks, starts, optimizers, seeds, steps, args.variants)
+    # --quick leaves out the GPT, by far the slowest task, to stay under 3 minutes.
+    tasks = args.tasks or [t for t in TASKS if not (args.quick and t == "gpt-lm")]
+    all_jobs = jobs(tasks, starts, optimizers, seeds, steps, args.variants)
     started = time.perf_counter()
-    results = run(all_jobs, max(1, min(args.workers, 2)))
+    results = run(all_jobs, max(1, min(args.workers, 2)), args.partial)
     rows = aggregate(results)
     elapsed = time.perf_counter() - started
     print(table(rows))
     print()
     print(summary(rows))
+    print()
+    print(per_optimizer(rows))
+    print()
+    print(flag_table(results, rows))
     print(f"\n{len(all_jobs)} jobs, {elapsed:.0f} s")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(

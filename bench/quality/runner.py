@@ -3,15 +3,23 @@ seed) at a time. Everything is deterministic for a seed on one thread."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from dadaptation import DAdaptAdam, DAdaptSGD  # type: ignore[import-untyped]
+from dog import DoG  # type: ignore[import-untyped]
+from matplotlib.figure import Figure
+from prodigyopt import Prodigy  # type: ignore[import-untyped]
+from schedulefree import AdamWScheduleFree, SGDScheduleFree  # type: ignore[import-untyped]
 from torch import Tensor, nn
+from torch_lr_finder import LRFinder, TrainDataLoaderIter  # type: ignore[import-untyped]
 
 from bench.quality.tasks import Task, load
 from lrprobe.worker.newton import NumericalError, minibatches, probe
@@ -47,15 +55,25 @@ class Job:
 
 @dataclass
 class Outcome:
-    """One training run: losses, the rate(s) it used, what choosing them cost (FB passes)."""
+    """One training run: losses, the rate(s) it used, and what it cost.
+
+    ``selection_fb``/``selection_seconds``: forward+backward passes and wall time spent choosing
+    the rate before training (0 for the default and for the learning-rate-free peers, which
+    choose it while training); ``train_fb``/``train_seconds``: the training run itself.
+    ``train_start``/``test_start``: losses at the starting point, the zero of regret.
+    """
 
     train: float
     test_final: float
     test_best: float
     diverged: bool
-    lr: float | list[float]
+    lr: float | list[float] | str
     selection_fb: float
     selection_seconds: float = 0.0
+    train_start: float = math.nan
+    test_start: float = math.nan
+    train_fb: int = 0
+    train_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -108,72 +126,131 @@ def evaluate(task: Task, model: nn.Module, data: tuple[Tensor, Tensor]) -> float
         return float(task.loss(model, (data[0][:1024], data[1][:1024])))
 
 
-def train(task: Task, job: Job, start: Any, lrs: Mapping[str, float] | float) -> Outcome:
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def train(
+    task: Task,
+    job: Job,
+    start: Any,
+    lrs: Mapping[str, float] | float,
+    optimizer_factory: OptimizerFactory | None = None,
+) -> Outcome:
     """``job.steps`` steps; held-out loss every ``steps / evals`` steps. A run whose loss stops
-    being finite counts as diverged and keeps the losses of its starting point (no progress)."""
-    model, optimizer = restore(task, job, start, lrs)
+    being finite counts as diverged and keeps the losses of its starting point (no progress).
+
+    ``optimizer_factory`` trains the checkpoint's weights with another optimizer (a peer) from a
+    fresh state; ``lrs`` then only labels the run. Schedule-free optimizers are switched to their
+    averaged weights (``optimizer.eval()``) for every held-out evaluation, as documented."""
+    if optimizer_factory is None:
+        model, optimizer = restore(task, job, start, lrs)
+    else:
+        model = task.model(job.seed)
+        model.load_state_dict(start[0])
+        with contextlib.redirect_stdout(io.StringIO()):  # D-Adaptation prints its settings
+            optimizer = optimizer_factory(model)
+    switch = callable(getattr(optimizer, "eval", None)) and callable(
+        getattr(optimizer, "train", None)
+    )
+
+    def held_out(data: tuple[Tensor, Tensor]) -> float:
+        if switch:
+            optimizer.eval()  # type: ignore[attr-defined]
+        value = evaluate(task, model, data)
+        if switch:
+            optimizer.train()  # type: ignore[attr-defined]
+        return value
+
+    if switch:
+        optimizer.train()  # type: ignore[attr-defined]
     batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 10_000)
     torch.manual_seed(job.seed + 20_000)
     first_test = evaluate(task, model, task.test)
     first_train = evaluate(task, model, task.train)
     best, every = first_test, max(1, job.steps // job.evals)
     diverged = False
+    started = time.perf_counter()
+    taken = 0
     for t in range(1, job.steps + 1):
         optimizer.zero_grad()
         loss = task.loss(model, next(batches))
+        taken = t
         if not math.isfinite(float(loss.detach())):
             diverged = True
             break
         loss.backward()
         optimizer.step()
         if t % every == 0:
-            current = evaluate(task, model, task.test)
+            current = held_out(task.test)
             if not math.isfinite(current):
                 diverged = True
                 break
             best = min(best, current)
-    lr_used = lrs if isinstance(lrs, float | int) else sorted(set(lrs.values()))
-    if diverged:
-        return Outcome(first_train, first_test, best, True, lr_used, 0.0)  # type: ignore[arg-type]
-    final_test, final_train = evaluate(task, model, task.test), evaluate(task, model, task.train)
-    if not (math.isfinite(final_test) and math.isfinite(final_train)):
-        return Outcome(first_train, first_test, best, True, lr_used, 0.0)  # type: ignore[arg-type]
-    return Outcome(final_train, final_test, best, False, lr_used, 0.0)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - started
+    lr_used = lrs if isinstance(lrs, float | int | str) else sorted(set(lrs.values()))
+    common = {"train_start": first_train, "test_start": first_test, "train_fb": taken,
+              "train_seconds": seconds}  # fmt: skip
+    if not diverged:
+        final_test, final_train = held_out(task.test), held_out(task.train)
+        if math.isfinite(final_test) and math.isfinite(final_train):
+            return Outcome(final_train, final_test, best, False, lr_used, 0.0, **common)
+    return Outcome(first_train, first_test, best, True, lr_used, 0.0, **common)
 
 
-def range_test(task: Task, job: Job, start: Any) -> float:
-    """The LR range test (Smith 2017; fastai's steepest-descent suggestion): lr grows
-    exponentially from 1e-7 to 10 over 100 steps; suggest the lr where the smoothed loss falls
-    fastest per unit of log lr (stopping once it exceeds 4× its best)."""
+class _Batches(TrainDataLoaderIter):  # type: ignore[misc]
+    """Our endless minibatch stream, in the shape torch-lr-finder iterates over."""
+
+    def __init__(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+        self.data_loader, self._iterator, self.auto_reset = None, batches, False
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        return next(self._iterator)
+
+
+def range_test(task: Task, job: Job, start: Any) -> tuple[float, int]:
+    """The LR range test of ``torch-lr-finder`` (Smith 2017) as its README runs it: the user's
+    optimizer from lr 1e-7, exponentially up to ``end_lr`` = 10 over 100 steps, stopping once
+    the smoothed loss exceeds 5× its best; the suggestion is ``plot(suggest_lr=True)``'s
+    steepest-descent point. Returns (suggested lr, steps taken)."""
     model, optimizer = restore(task, job, start, 1e-7)
     batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 30_000)
-    lrs = [1e-7 * (1e8) ** (i / (RANGE_TEST_STEPS - 1)) for i in range(RANGE_TEST_STEPS)]
-    smoothed, avg, best = [], 0.0, math.inf
-    for i, lr in enumerate(lrs):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad()
-        loss = task.loss(model, next(batches))
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            break
-        avg = 0.98 * avg + 0.02 * value
-        current = avg / (1 - 0.98 ** (i + 1))
-        smoothed.append(current)
-        best = min(best, current)
-        if current > 4 * best:
-            break
-        loss.backward()
-        optimizer.step()
-    # fastai drops the first 10 and last 5 points before taking the steepest slope.
-    lo, hi = 10, max(11, len(smoothed) - 5)
-    slopes = [
-        (smoothed[i + 1] - smoothed[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i]))
-        for i in range(lo, min(hi, len(smoothed) - 1))
-    ]
-    if not slopes:
-        return lrs[len(smoothed) // 2]
-    return lrs[lo + min(range(len(slopes)), key=slopes.__getitem__)]
+    finder = LRFinder(model, optimizer, lambda out, y: task.criterion(out, y), device="cpu")
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        finder.range_test(_Batches(batches), end_lr=10, num_iter=RANGE_TEST_STEPS)
+        taken = len(finder.history["lr"])
+        try:
+            _, suggestion = finder.plot(ax=Figure().add_subplot(), suggest_lr=True)
+        except RuntimeError:  # too few points before the loss blew up: its first rates
+            suggestion = finder.history["lr"][0]
+    return float(suggestion), taken
+
+
+PEERS = ("prodigy", "schedulefree", "dadaptation", "dog")
+
+
+def peer_factory(name: str, optimizer: str) -> OptimizerFactory:
+    """A learning-rate-free optimizer at its package's documented defaults. Only the weight
+    decay follows the cell (AdamW's 0.01, none for SGD), and the family follows the user's
+    optimizer where the package has one: schedule-free and D-Adaptation have SGD and Adam
+    variants (SGDScheduleFree's own default momentum is 0.9), Prodigy is Adam-like and DoG
+    SGD-like whatever the cell."""
+    decay = float(_HYPER[optimizer].get("weight_decay", 0.0))
+    adam = optimizer == "adamw"
+    if name == "prodigy":
+        return lambda m: Prodigy(m.parameters(), lr=1.0, weight_decay=decay)
+    if name == "schedulefree":
+        if adam:
+            return lambda m: AdamWScheduleFree(m.parameters(), weight_decay=decay)
+        return lambda m: SGDScheduleFree(m.parameters())
+    if name == "dadaptation":
+        if adam:
+            return lambda m: DAdaptAdam(m.parameters(), lr=1.0, weight_decay=decay, decouple=True)
+        momentum = float(_HYPER[optimizer].get("momentum", 0.0))
+        return lambda m: DAdaptSGD(m.parameters(), lr=1.0, momentum=momentum)
+    if name == "dog":
+        return lambda m: DoG(m.parameters(), weight_decay=decay)
+    raise ValueError(f"unknown peer {name!r}")
 
 
 def run_probe(task: Task, job: Job, start: Any, kwargs: Mapping[str, Any]) -> tuple[Any, float]:
@@ -211,24 +288,40 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
         per_layer = train(task, job, start, lrs)
         per_layer.selection_fb, per_layer.selection_seconds = fb, seconds
         out[name] = per_layer.as_dict()
+        # What the probe said about itself, to check that its flags predict worse outcomes.
+        out[name]["flags"] = sorted({f for g in result.groups for f in g.flags})
+        out[name]["notes"] = len(result.notes)
+        out[name]["groups"] = [
+            {"flags": list(g.flags), "g_snr": g.g_snr, "negative_fraction":
+             g.spread.negative_fraction, "eta_interval": list(g.eta_interval), "eta": g.eta,
+             "lr": g.lr, "single": result.single_group_lr}
+            for g in result.groups
+        ]  # fmt: skip
         if name == "lrprobe":
             single = train(task, job, start, result.single_group_lr)
             single.selection_fb, single.selection_seconds = fb, seconds
             out["lrprobe-single"] = single.as_dict()
     started = time.perf_counter()
-    suggestion = range_test(task, job, start)
+    suggestion, taken = range_test(task, job, start)
     ranged = train(task, job, start, suggestion)
-    ranged.selection_fb, ranged.selection_seconds = RANGE_TEST_STEPS, time.perf_counter() - started
+    ranged.selection_fb, ranged.selection_seconds = taken, time.perf_counter() - started
     out["range-test"] = ranged.as_dict()
     out["default"] = train(task, job, start, DEFAULT_LR[job.optimizer]).as_dict()
+    for peer in PEERS:
+        out[peer] = train(task, job, start, peer, peer_factory(peer, job.optimizer)).as_dict()
     out["grid"] = {f"{lr:.3g}": train(task, job, start, lr).as_dict() for lr in GRID[job.optimizer]}
     return out
 
 
 def timed_job(job: Job) -> tuple[Job, dict[str, Any], float]:
     """A worker process's unit of work (module-level so that it pickles)."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     out = run_job(load(job.task), job)
-    seconds = time.perf_counter() - started
-    print(f"{job.task} {job.start} {job.optimizer} seed {job.seed}: {seconds:.0f} s", flush=True)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    # CPU seconds too: on a shared machine they, not wall time, say how long the job takes.
+    print(
+        f"{job.task} {job.start} {job.optimizer} seed {job.seed}: {seconds:.0f} s "
+        f"({cpu:.0f} s CPU)",
+        flush=True,
+    )
     return job, out, seconds

@@ -2,6 +2,22 @@
 
 Every task is a (train, held-out) pair of tensors plus a model builder; batches come from
 :func:`lrprobe.worker.newton.minibatches`, so a probe and a training run see the same kind of batch.
+
+Eight tasks, chosen so that a rule cannot be tuned to one kind of model (issue 11):
+
+- ``digits-mlp``: tanh MLP, where per-layer rates once collapsed under plain SGD;
+- ``digits-cnn``: a small 2-D CNN on the 8×8 images;
+- ``breast_cancer-mlp``: ReLU MLP on 426 examples, overfitting within a few dozen steps;
+- ``mnist1d-cnn``: a strided 1-D CNN;
+- ``gpt-lm``: a byte-level 2-block GPT on standard-library source (LayerNorm, embeddings);
+- ``wine-resmlp``: a residual MLP with LayerNorm on 133 training examples, where overfitting
+  dominates (the held-out loss turns up long before the training loss stops falling);
+- ``digits-transformer``: a 1-block transformer classifier reading the image's 8 rows as tokens;
+- ``digits-deepmlp``: an 8-layer ReLU MLP without normalisation, where a large global rate
+  diverges (its lower layers tolerate far less than its head);
+- ``wine-mlp``: a tanh MLP on wine, where a global rate of 3 sends the held-out loss to chance
+  level and gn-probe/0.2's per-layer rates once did the same with plain SGD (seed 8) while its
+  single-group rate did not: the case ``tests/bench/test_no_collapse.py`` pins.
 """
 
 from __future__ import annotations
@@ -17,12 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_breast_cancer, load_digits  # type: ignore[import-untyped]
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from lrprobe.worker.newton import LossFn, losses
 
-TASKS = ("digits-mlp", "digits-cnn", "breast_cancer-mlp", "mnist1d-cnn", "gpt-lm")
+TASKS = (
+    "digits-mlp", "digits-cnn", "breast_cancer-mlp", "mnist1d-cnn", "gpt-lm", "wine-resmlp",
+    "digits-transformer", "digits-deepmlp", "wine-mlp",
+)  # fmt: skip
 
 # A few standard-library modules of plain, varied Python: the LM's text (about 240 KB).
 _LM_SOURCES = ("textwrap.py", "string.py", "heapq.py", "bisect.py", "fnmatch.py", "shlex.py",
@@ -42,6 +61,12 @@ class Task:
     def model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return self.build()
+
+    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """``loss`` as ``criterion(model(x), y)``, the form torch-lr-finder calls."""
+        if self.loss is losses.lm_cross_entropy:
+            return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(outputs, targets)
 
 
 def load(name: str) -> Task:
@@ -72,6 +97,26 @@ def _load(name: str) -> Task:
     if name == "gpt-lm":
         train, test = _text_windows()
         return Task(name, TinyGPT, losses.lm_cross_entropy, train, test, 16)
+    if name == "wine-resmlp":
+        data = load_wine()
+        x = _standardise(torch.tensor(data.data, dtype=torch.float32))
+        train, test = _split(x, torch.tensor(data.target))
+        return Task(name, ResidualMLP, losses.cross_entropy, train, test, 16)
+    if name == "wine-mlp":
+        data = load_wine()
+        x = _standardise(torch.tensor(data.data, dtype=torch.float32))
+        train, test = _split(x, torch.tensor(data.target))
+        mlp = lambda: _mlp([13, 64, 64, 3], nn.Tanh)  # noqa: E731
+        return Task(name, mlp, losses.cross_entropy, train, test, 32)
+    if name == "digits-transformer":
+        (xtr, ytr), (xte, yte) = _split(*_digits())
+        shape = (-1, 8, 8)  # 8 tokens (the image's rows) of 8 features
+        train, test = (xtr.reshape(shape), ytr), (xte.reshape(shape), yte)
+        return Task(name, RowTransformer, losses.cross_entropy, train, test, 32)
+    if name == "digits-deepmlp":
+        (xtr, ytr), (xte, yte) = _split(*_digits())
+        mlp = lambda: _mlp([64, *[48] * 7, 10], nn.ReLU)  # noqa: E731
+        return Task(name, mlp, losses.cross_entropy, (xtr, ytr), (xte, yte), 32)
     raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
 
 
@@ -189,3 +234,47 @@ class TinyGPT(nn.Module):
     def forward(self, idx: Tensor) -> Tensor:
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
         return self.head(self.ln(self.blocks(x)))
+
+
+class ResidualMLP(nn.Module):
+    """13 features → width 64 → 2 pre-norm residual blocks → 3 classes."""
+
+    def __init__(self, features: int = 13, width: int = 64, classes: int = 3) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU()) for _ in range(2)
+        )
+        self.ln = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(self.ln(h))
+
+
+class RowTransformer(nn.Module):
+    """A 1-block encoder over the 8 rows of a digit (no causal mask), mean-pooled, 10 classes."""
+
+    def __init__(self, width: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(8, width)
+        self.pos = nn.Parameter(torch.zeros(8, width))
+        self.ln1, self.ln2, self.ln = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.fc, self.out = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x) + self.pos
+        B, T, C = h.shape
+        q, k, v = self.qkv(self.ln1(h)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        # Explicit attention: the fused kernel has no double-backward on every build.
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(C // self.heads)).softmax(-1)
+        h = h + self.proj((att @ v).transpose(1, 2).reshape(B, T, C))
+        h = h + self.out(F.gelu(self.fc(self.ln2(h))))
+        return self.head(self.ln(h).mean(1))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from bench.quality.__main__ import METHODS, aggregate, main, table
-from bench.quality.runner import GRID, RANGE_TEST_STEPS, Job, run_job
+from bench.quality.runner import GRID, PEERS, RANGE_TEST_STEPS, Job, run_job
 from bench.quality.tasks import load
 
 STEPS = 12
@@ -54,6 +55,9 @@ def test_every_task_start_optimizer_and_method_has_a_row(report) -> None:
     assert seen == expected
     rendered = table(data["rows"])
     assert all(f"| {m} " in rendered or f"| {m} (" in rendered for m in METHODS)
+    for row in data["rows"]:
+        assert math.isfinite(row["regret"]) and len(row["regret_seeds"]) == 2
+        assert row["train_seconds"] > 0 and row["selection_seconds"] >= 0
 
 
 def test_selection_compute_is_seven_runs_for_the_grid_and_100_steps_for_the_range_test(
@@ -64,8 +68,8 @@ def test_selection_compute_is_seven_runs_for_the_grid_and_100_steps_for_the_rang
         if row["method"] == "grid":
             assert row["selection_fb"] == len(GRID[row["optimizer"]]) * STEPS == 7 * STEPS
         elif row["method"] == "range-test":
-            assert row["selection_fb"] == RANGE_TEST_STEPS
-        elif row["method"] == "default":
+            assert 0 < row["selection_fb"] <= RANGE_TEST_STEPS
+        elif row["method"] in ("default", *PEERS):
             assert row["selection_fb"] == 0
         else:
             assert row["selection_fb"] > 0
@@ -79,30 +83,49 @@ def test_statistics_cover_every_seed(report) -> None:
     assert len(row["lr"]) == 2 and row["test_best"]["std"] >= 0
 
 
-def test_grid_row_is_the_best_grid_point_and_ratio_is_relative_to_it() -> None:
-    fake = {m: {"train": 1.0, "test_final": 1.0, "test_best": 2.0, "diverged": False,
-                "lr": 0.1, "selection_fb": 5} for m in METHODS if m != "grid"}  # fmt: skip
-    fake["grid"] = {f"{lr:.3g}": {"train": lr, "test_final": lr, "test_best": 1 + lr,
-                                  "diverged": False, "lr": lr, "selection_fb": 0}
-                    for lr in GRID["sgd"]}  # fmt: skip
+def _fake(test_best: float, train: float = 1.0) -> dict:
+    return {"train": train, "test_final": test_best, "test_best": test_best, "diverged": False,
+            "lr": 0.1, "selection_fb": 5, "train_start": 4.0, "test_start": 3.0}  # fmt: skip
+
+
+def test_grid_row_is_the_best_grid_point_and_ratio_and_regret_are_relative_to_it() -> None:
+    fake = {m: _fake(2.0) for m in METHODS if m != "grid"}
+    fake["lrprobe-single"] = _fake(1.001 + 0.5 * (3.0 - 1.001))
+    fake["default"] = _fake(2.0, train=3.5)  # training loss nearer its start than the grid's
+    fake["grid"] = {f"{lr:.3g}": {**_fake(1 + lr), "train": lr} for lr in GRID["sgd"]}
     rows = aggregate([(_job(), fake, 0.0)])
     grid = next(r for r in rows if r["method"] == "grid")
-    assert grid["lr"] == pytest.approx(1e-3)
-    probe = next(r for r in rows if r["method"] == "lrprobe")
-    assert probe["ratio"] == pytest.approx(2.0 / 1.001)
+    assert grid["lr"] == pytest.approx(1e-3) and grid["regret"] == 0.0
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["lrprobe"]["ratio"] == pytest.approx(2.0 / 1.001)
+    # regret = (2.0 − 1.001) / (3.0 − 1.001): the share of the grid's improvement it missed
+    assert by_method["lrprobe"]["regret"] == pytest.approx(0.999 / 1.999)
+    assert by_method["lrprobe-single"]["regret"] == pytest.approx(0.5)
+    assert by_method["lrprobe"]["collapsed"] == 0 and by_method["default"]["collapsed"] == 1
+
+
+def test_regret_is_floored_where_the_grid_barely_moves() -> None:
+    fake = {m: _fake(0.5) for m in METHODS if m != "grid"}
+    fake["grid"] = {f"{lr:.3g}": _fake(2.99) for lr in GRID["sgd"]}
+    rows = aggregate([(_job(), fake, 0.0)])
+    assert next(r for r in rows if r["method"] == "lrprobe")["regret"] == -1.0
 
 
 def test_a_job_is_deterministic_for_its_seed() -> None:
     task = load("breast_cancer-mlp")
     job = _job(seed=3, optimizer="adamw", start="warm", variants={"tiny": TINY})
     first, second = run_job(task, job), run_job(task, job)
+
+    def untimed(run: dict) -> dict:
+        return {k: v for k, v in run.items() if not k.endswith("seconds")}
+
     for method in first:
         if method == "grid":
-            assert first[method] == second[method]
+            assert {k: untimed(v) for k, v in first[method].items()} == {
+                k: untimed(v) for k, v in second[method].items()
+            }
             continue
-        a = {k: v for k, v in first[method].items() if k != "selection_seconds"}
-        b = {k: v for k, v in second[method].items() if k != "selection_seconds"}
-        assert a == b, method
+        assert untimed(first[method]) == untimed(second[method]), method
 
 
 def test_json_is_written_where_asked(report) -> None:

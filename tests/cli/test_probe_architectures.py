@@ -69,6 +69,8 @@ def test_readme_probe_runs(
 ) -> None:
     checkpoint, data, extra, groups = CASES[case]
     monkeypatch.chdir(examples_dir)
+    # Wide enough that no row of the table wraps (long group names and small rates do at 80).
+    monkeypatch.setenv("COLUMNS", "200")
     out = tmp_path / "result.json"
     budget = ["--batches", "2", "--batch-size", "32", "--heldout-batches", "1"]
     args = ["probe", "--model", checkpoint, "--data", data, *extra, *budget, "--device", "cpu"]

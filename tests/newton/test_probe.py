@@ -356,3 +356,79 @@ def test_probe_runs_on_cuda_and_leaves_the_model_there() -> None:
     result = _quick(model, x, y)
     assert result.cost.device.startswith("cuda")
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("method", ["trajectory", "fixed"])
+def test_notes_name_every_raised_flag_and_no_other(method: str) -> None:
+    """Flags and notes agree: a flag raised on any group has its sentence in the notes, naming
+    those groups, and a flag raised nowhere has none (so "no notes" means nothing flagged)."""
+    from lrprobe.worker.newton.result import FLAG_MEANINGS
+
+    class WithSpare(nn.Module):  # the spare layer raises "unused" at least
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = _mlp()
+            self.spare = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    x, y = _data(n=64)
+    seen: set[str] = set()
+    for seed in range(3):
+        result = _quick(WithSpare(), x, y, method=method, seed=seed, bounds=None)
+        for flag, meaning in FLAG_MEANINGS.items():
+            flagged = [g.name for g in result.groups if flag in g.flags]
+            notes = [n for n in result.notes if n.startswith(f"{flag} (")]
+            if flagged:
+                seen.add(flag)
+                assert len(notes) == 1 and meaning in notes[0]
+                assert all(name in notes[0] for name in flagged)
+            else:
+                assert not notes
+    assert "unused" in seen
+
+
+def test_low_snr_compares_the_mean_slope_with_its_standard_error() -> None:
+    from lrprobe.worker.newton.probe import _low_snr
+
+    # One batch's slope spread 1.0 around a mean of 0.5: alone, noise; averaged over 40
+    # evaluations the mean is 3.2 standard errors from zero.
+    assert _low_snr(0.5, 1.0, 4) and not _low_snr(0.5, 1.0, 40)
+    assert not _low_snr(0.5, 0.0, 4) and not _low_snr(0.5, 1.0, 1)
+
+
+def test_shrink_one_gives_every_group_the_single_group_rate() -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, shrink=1.0, calibrate=())
+    for g in result.groups:
+        assert g.eta == pytest.approx(result.single_group_eta, rel=1e-9)
+        assert g.lr == pytest.approx(result.single_group_lr, rel=1e-9)
+    with pytest.raises(ValueError, match="shrink"):
+        _quick(_mlp(), x, y, shrink=1.5)
+
+
+def test_shrink_moves_each_rate_toward_the_single_group_rate() -> None:
+    x, y = _data()
+    plain = _quick(_mlp(), x, y, shrink=0.0, calibrate=())
+    half = _quick(_mlp(), x, y, shrink=0.5, calibrate=())
+    single = plain.single_group_eta
+    for a, b in zip(plain.groups, half.groups, strict=True):
+        assert abs(math.log(b.eta / single)) <= abs(math.log(a.eta / single)) + 1e-9, a.name
+
+
+def test_a_wide_spread_of_per_layer_rates_is_noted_with_the_single_group_rate() -> None:
+    from dataclasses import replace
+
+    from lrprobe.worker.newton.probe import WIDE_SPREAD, _spread_note
+
+    x, y = _data()
+    groups = _quick(_mlp(), x, y).groups
+    narrow = [replace(g, lr=1.0 + i) for i, g in enumerate(groups)]
+    assert _spread_note(narrow, 0.5) is None
+    wide = [replace(groups[0], lr=1.0), *(replace(g, lr=2 * WIDE_SPREAD) for g in groups[1:])]
+    note = _spread_note(wide, 0.5)
+    assert note is not None and "60×" in note and "0.5" in note
+    # an unused group's rate says nothing about the others
+    unused = [replace(wide[0], flags=("unused",)), *wide[1:]]
+    assert _spread_note(unused, 0.5) is None

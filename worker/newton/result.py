@@ -13,7 +13,8 @@ from torch import nn
 
 from lrprobe.worker.newton.regroup import apply_rates, split_groups
 
-METHOD_VERSION = "gn-probe/0.2"  # 0.2: trajectory probe by default (issue 3)
+# 0.2: trajectory probe by default (issue 3); 0.3: λ₁ from {0.03, 0.1, 0.3} (issue 11)
+METHOD_VERSION = "gn-probe/0.3"
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,35 @@ class ProbeResult:
 
     def __str__(self) -> str:
         return self.table()
+
+
+# What each flag tells the user, in the words the notes use. A flag is raised per group; the
+# probe adds one note per raised flag, so that flags and notes always agree (and "no notes"
+# means that nothing was flagged).
+FLAG_MEANINGS = {
+    "unused": "these parameters do not change the loss; they keep the single-group rate",
+    "negative": (
+        "the Newton step for this group pointed uphill in at least 80 % of the evaluations, so "
+        "its rate is mostly the floor tied to the single-group rate, not a measurement"
+    ),
+    "noisy": "the 10–90 % interval of its η reaches 0: the rate is uncertain",
+    "low_snr": (  # the fixed-θ probe only
+        "the mean slope along its step is within two standard errors of zero: the probe "
+        "cannot tell whether moving it lowers the loss; probe with more or larger batches"
+    ),
+    "fallback_global": "it gets the single-group rate instead of its own",
+}
+
+
+def flag_notes(groups: list[GroupResult]) -> list[str]:
+    """One sentence per raised flag, naming the groups that raised it."""
+    notes = []
+    for flag, meaning in FLAG_MEANINGS.items():
+        names = [g.name for g in groups if flag in g.flags]
+        if names:
+            which = "group " if len(names) == 1 else "groups "
+            notes.append(f"{flag} ({which}{', '.join(names)}): {meaning}")
+    return notes
 
 
 def _names(model: nn.Module) -> dict[int, str]:

@@ -1,6 +1,31 @@
 """The trajectory probe: a short grouped-Newton run, then a calibrated global scale.
 
-Why this is ``probe``'s default — the evidence (``python -m bench.quality``; 4 small tasks ×
+gn-probe/0.3 (issue 11) changed one thing: λ₁ is chosen from {0.03, 0.1, 0.3} instead of
+{0.1, 0.3, 1}. What was tried, on the expanded ``bench/quality`` (9 tasks, peers, regret =
+the share of the grid's improvement a method misses; see the README's quality section):
+
+- the candidates {0.03, 0.1, 0.3} (kept): the winning λ₁ of a 40-step training-loss contest
+  is too large for a 300-step run. On the 54 cells of the 9 tasks (one seed), the worst
+  regret fell from 1.00 to 0.52 (cells above 0.15: 7 → 5) for a median of 0.008 instead of
+  0.004, and the pinned collapse (``tests/bench/test_no_collapse.py``: a tanh MLP on wine,
+  plain SGD, where gn-probe/0.2 gave the head 6.8 and the held-out loss never left chance
+  level) is gone. 9 cells got better by more than 0.01 regret (up to 0.79), 9 worse (up to
+  0.15: the GPT and the digits CNN with plain SGD or momentum, which want λ₁ near 1). A
+  safer worst case for a slightly higher median: the issue puts safety first.
+- shrinking each group toward the single-group rate in log space (``shrink=0.5``), tighter
+  bounds (3× instead of 10×) and both: re-run on the 8 cells where the per-layer rates did
+  worst, each won some cells and lost others by as much (deep ReLU MLP with momentum: 0.52 →
+  0.98 with shrink, −0.28 with both; a residual MLP: 0.24 → 0.05 with both, a tanh MLP 0.21 →
+  0.34); one seed cannot tell them apart, so neither is the default. ``shrink`` stays an
+  option.
+- a stability check that falls back to the single-group rate when its 40-step calibration run
+  ends lower than the per-layer one: it could not see the pinned collapse (there the per-layer
+  run fits the training data *better*; it is the held-out loss that explodes) and was dropped.
+- held-out calibration: the probe sees only training batches; on the small data sets where
+  the rates overfit (wine: 133 examples), 40 steps of batch 32 revisit every example, so a
+  "held-out" batch from the same stream is not held out. Not pursued.
+
+The evidence for the rest of the rule, from issue 3 (``python -m bench.quality``; 4 small tasks ×
 {fresh init, warm checkpoint} × {SGD, momentum 0.9, AdamW} × 2 seeds, 300 steps; "ratio" =
 best held-out loss / that of the best point of a 7-point grid; median and worst over the 24
 cells, selection cost in forward+backward passes):
