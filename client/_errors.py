@@ -138,7 +138,7 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
     ),
     Conflict: ("conflict", "idempotency_conflict", "job_not_finished", "job_finished"),
     RateLimited: ("rate_limited",),
-    ServerError: ("internal_error", "service_unavailable"),
+    ServerError: ("internal_error", "service_unavailable", "broker_unavailable"),
 }
 
 ERROR_CLASSES: dict[str, type[LrprobeError]] = {

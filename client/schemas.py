@@ -37,6 +37,7 @@ PROBLEM_CODES: tuple[str, ...] = (
     "csrf_failed",  # the dashboard's error page: a form without a valid CSRF token
     "rate_limited",
     "service_unavailable",
+    "broker_unavailable",  # POST /v1/jobs while the job queue fails its round trip
     "internal_error",
     # resources
     "model_not_found",

@@ -27,7 +27,9 @@ from tests.worker.jobs import database, job_row, make_job, settings_for, store_c
 
 CATASTROPHIC = {"rule": {"((((.+)+)+)+)+Z": "g"}}
 # One activation of this model at batch 1024 is 256 MiB: beyond the memory cap below.
-HUGE_MODEL = {"sizes": [64, 65536, 10], "activation": "tanh"}
+# 74 M parameters (296 MB): the weights, their gradients and the probe's saved checkpoint alone
+# pass the cap, so no micro-batch size fits (the probe retries smaller micro-batches first).
+HUGE_MODEL = {"sizes": [64, 1_000_000, 10], "activation": "tanh"}
 # A probe process's own data segment is ~250 MB (torch); this leaves room for a small probe.
 MEMORY_CAP = 800_000_000
 LIMIT = 10.0  # seconds: the smallest time_limit_s a job may ask for

@@ -225,6 +225,11 @@ def _looks_like_tar(head: bytes) -> bool:
 # --- safetensors and torch state dicts -----------------------------------------------------
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """safetensors reports a refused allocation (ENOMEM) as a read error of the file."""
+    return isinstance(exc, MemoryError) or "cannot allocate memory" in str(exc).lower()
+
+
 def _load_safetensors(
     source: Path, arch: str | None, arch_config: Mapping[str, Any] | BaseModel | None
 ) -> LoadedModel:
@@ -233,6 +238,8 @@ def _load_safetensors(
             metadata = f.metadata() or {}
             state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        if _out_of_memory(exc):  # a process memory cap refuses the mmap: not the file's fault
+            raise MemoryError(str(exc)) from None
         raise _unsupported(f"The safetensors file is truncated or corrupt ({exc})") from None
     meta_arch = metadata.get(ARCH_METADATA_KEY)
     meta_config: dict[str, Any] | None = None
