@@ -14,8 +14,8 @@ from lrprobe.cli.errors import fail
 from lrprobe.cli.extras import has_extra, missing_modules, require_extra
 
 # On SIGTERM or Ctrl-C, how long uvicorn waits for open responses before cancelling them: an
-# event stream lasts as long as its job, and stopping must not wait for that (nor run past
-# Docker's 10 s before SIGKILL, which would skip the lifespan's cleanup).
+# event stream lasts as long as its job, and stopping must not wait for that (Docker sends
+# SIGKILL 10 s after SIGTERM, which would skip the lifespan's cleanup).
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 

@@ -24,6 +24,7 @@ from lrprobe.service.app import create_app
 from lrprobe.service.stream_limit import RedisStreamLimit
 from tests.service.api_support import RecordingQueue, make_settings
 from tests.service.live_app import LiveApp, redis_url, serve
+from tests.service.test_dashboard import _token
 from tests.service.test_event_channel import SSE, _submit
 
 # How long a freed slot may take to be seen free (the server notices a closed connection).
@@ -237,7 +238,9 @@ def test_failed_authentication_is_throttled_across_replicas(
         right = b.get("/v1/jobs", headers={"Authorization": f"Bearer {secret}"})
         assert right.status_code == 429
         # and the dashboard's sign-in too
-        assert b.post("/ui/sign-in", data={"api_key": secret}).status_code in (403, 429)
+        page = b.get("/ui/sign-in")
+        answer = b.post("/ui/sign-in", data={"api_key": secret, "csrf": _token(page.text)})
+        assert answer.status_code == 429 and answer.headers["retry-after"]
 
 
 def test_without_redis_the_throttle_counts_per_process(
