@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.errors import fail
 
 if TYPE_CHECKING:
     from lrprobe.service.settings import Settings
@@ -25,8 +25,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "LRPROBE_" + "_".join(str(part) for part in first["loc"]).upper()
-        fail(f"{name}: {first['msg']}; fix or unset it", code="invalid_settings",
-             exit_code=EXIT_USAGE)  # fmt: skip
+        fail(f"{name}: {first['msg']}; fix or unset it", code="invalid_settings")
 
 
 def make_data_dir(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lrprobe.cli import options as opt
-from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.errors import fail
 from lrprobe.cli.remote import (
     ApiKey,
     Format,
@@ -82,13 +82,12 @@ def submit_command(
     """Submit a probe to the service (flags as `lrprobe probe`); prints the job, or with --wait
     the per-layer learning rates."""
     if (model is None) == (model_id is None):
-        fail("pass either --model PATH (uploaded first) or --model-id ID", code="usage",
-             exit_code=EXIT_USAGE)  # fmt: skip
+        fail("pass either --model PATH (uploaded first) or --model-id ID", code="usage")
     try:
         config = opt.json_arg(arch_config)
         rules = opt.partition_arg(partition)
     except (ValueError, OSError) as exc:
-        fail(str(exc), code="invalid_argument", exit_code=EXIT_USAGE)
+        fail(str(exc), code="invalid_argument")
     with connect(url, api_key) as lrp:
         if model is not None:
             model_id = lrp.upload_model(model, arch=arch, arch_config=config).id

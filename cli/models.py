@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.errors import fail
 from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def upload_model_command(
     try:
         config = json_arg(arch_config)
     except (ValueError, OSError) as exc:
-        fail(str(exc), code="invalid_argument", exit_code=EXIT_USAGE)
+        fail(str(exc), code="invalid_argument")
     with connect(url, api_key) as lrp:
         model = lrp.upload_model(path, arch=arch, arch_config=config)
     _print_model(model, output)

@@ -108,9 +108,9 @@ def probe_command(
         with probe_progress() as progress:
             result = run_probe(loaded.model, dataset, request, progress)
     except (IntakeError, NumericalError, OutOfMemoryProbeError) as exc:
-        fail(exc.message if isinstance(exc, IntakeError) else str(exc), code=exc.code)
-    except ValueError as exc:
-        fail(str(exc), code="invalid_argument")
+        fail(exc.detail, code=exc.code)
+    except ValueError as exc:  # the core's argument checks, as a job reports them
+        fail(str(exc), code="invalid_probe_arguments")
     except Exception as exc:
         if debug:
             raise

@@ -1,9 +1,10 @@
 """What the commands over the HTTP API share: the ``--url``/``--api-key``/``--format`` options,
 one client, errors as one line with an exit code, and rendering of jobs and recommendations.
 
-Exit codes: 0 ok · 1 the request or the job failed (the line names the problem code) ·
-2 usage (bad flags, unreadable files) · 3 authentication (no key, a wrong or revoked key, not an
-admin key) · 4 ``--timeout`` ran out while waiting (the job goes on).
+Exit codes, by the family of the code in the error catalogue (``lrprobe.cli.errors``): 0 ok ·
+1 the request or the job failed (the line names the problem code) · 2 usage (bad flags,
+unreadable files) · 3 authentication (no key, a wrong or revoked key, not an admin key) ·
+4 ``--timeout`` ran out while waiting (the job goes on).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lrprobe.cli.errors import EXIT_USAGE, fail
+from lrprobe.cli.errors import fail
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
     from lrprobe.client import Client, Job
     from lrprobe.client.schemas import JobOut
-
-EXIT_AUTH = 3
-EXIT_TIMEOUT = 4
 
 
 class Format(StrEnum):
@@ -56,18 +54,14 @@ def connect(url: str | None, api_key: str | None) -> Iterator[Client]:
 
 @contextmanager
 def api_errors() -> Iterator[None]:
-    from lrprobe.client import LrprobeError, Unauthorized, WaitTimeout
+    from lrprobe.client import LrprobeError
 
     try:
         yield
-    except Unauthorized as exc:
-        fail(exc.message, code=exc.code, exit_code=EXIT_AUTH)
-    except WaitTimeout as exc:
-        fail(exc.message, code=exc.code, exit_code=EXIT_TIMEOUT)
     except LrprobeError as exc:
-        fail(exc.message, code=exc.code)
+        fail(exc.detail, code=exc.code, status=exc.status)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        fail(str(exc), code="file_not_found", exit_code=EXIT_USAGE)
+        fail(str(exc), code="file_not_found")
 
 
 def echo_json(value: BaseModel | list[BaseModel] | dict[str, Any] | list[Any]) -> None:

@@ -1,48 +1,60 @@
-"""The SDK's exceptions: one class per family of problem ``code`` (see
-:data:`lrprobe.client.schemas.PROBLEM_CODES`), each carrying the problem body the service sent;
-a failed job's code (:data:`lrprobe.client.schemas.JOB_ERROR_CODES`) comes as :class:`JobFailed`."""
+"""The SDK's exceptions: one class per family of the error catalogue
+(:data:`lrprobe.client.error_catalogue.CATALOGUE`), each carrying the problem body the service
+sent; a failed job's code (:data:`lrprobe.client.schemas.JOB_ERROR_CODES`) comes as
+:class:`JobFailed`."""
 
 # ruff: noqa: N818 - the names are the families users catch (NotFound, Conflict, …)
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import httpx
 from pydantic import ValidationError
 
-from lrprobe.client.schemas import PROBLEM_CODES, JobOut, Problem
+from lrprobe.client.error_catalogue import CATALOGUE, FAMILIES, Family, family_for_status
+from lrprobe.client.schemas import JobOut, Problem
 
 
 class LrprobeError(Exception):
     """Base of every error the SDK raises about the service.
 
-    ``code`` is the stable problem code (branch on it, not on the message), ``status`` the HTTP
-    status (``None`` when no response came back), ``problem`` the RFC 9457 body.
+    ``code`` is the stable problem code (branch on it, not on the sentence), ``detail`` the
+    sentence that says what went wrong and what to do (the problem's ``detail``), ``status``
+    the HTTP status (``None`` when no response came back), ``problem`` the RFC 9457 body.
     """
 
     def __init__(
         self,
-        message: str,
+        detail: str,
         *,
         code: str,
         status: int | None = None,
         problem: Problem | None = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(detail)
+        self.detail = detail
         self.code = code
         self.status = status
         self.problem = problem
 
+    @property
+    def message(self) -> str:
+        """Deprecated: the same sentence as :attr:`detail`, the name every lrprobe error uses."""
+        warnings.warn(
+            "LrprobeError.message is deprecated; use .detail", DeprecationWarning, stacklevel=2
+        )
+        return self.detail
+
     def __str__(self) -> str:
         where = f"{self.status} " if self.status is not None else ""
-        return f"{self.message} [{where}{self.code}]"
+        return f"{self.detail} [{where}{self.code}]"
 
 
 class ValidationFailed(LrprobeError):
-    """The request or its content was refused as sent (400, 405, 413, 415, 422): the message
-    says what to change; ``problem.errors`` lists field errors."""
+    """The request or its content was refused as sent (400, 405, 408, 413, 415, 422): the
+    detail says what to change; ``problem.errors`` lists field errors."""
 
 
 class Unauthorized(LrprobeError):
@@ -63,14 +75,14 @@ class RateLimited(LrprobeError):
 
     def __init__(
         self,
-        message: str,
+        detail: str,
         *,
         code: str = "rate_limited",
         status: int | None = 429,
         problem: Problem | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, code=code, status=status, problem=problem)
+        super().__init__(detail, code=code, status=status, problem=problem)
         self.retry_after = retry_after
 
 
@@ -100,71 +112,37 @@ class WaitTimeout(LrprobeError, TimeoutError):
     """``wait(timeout=...)`` ran out before the job was final; the job goes on."""
 
 
-_FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
-    ValidationFailed: (
-        "bad_request",
-        "validation_error",
-        "invalid_cursor",
-        "unsupported_media_type",
-        "request_too_large",
-        "request_timeout",
-        "method_not_allowed",
-        "checkpoint_too_large",
-        "dataset_too_large",
-        "empty_upload",
-        "unsupported_checkpoint",
-        "unsafe_archive",
-        "pickle_refused",
-        "torchscript_refused",
-        "pt2_disabled",
-        "hf_invalid_model",
-        "hf_remote_code_refused",
-        "arch_not_applicable",
-        "arch_required",
-        "invalid_arch_config",
-        "unsupported_data_format",
-        "invalid_data_ref",
-        "unsupported_data_scheme",
-        "data_ref_refused",
-        "host_not_allowed",
-        "unknown_builtin_dataset",
-    ),
-    Unauthorized: ("unauthorized", "admin_required", "csrf_failed"),
-    NotFound: (
-        "not_found",
-        "model_not_found",
-        "dataset_not_found",
-        "job_not_found",
-        "key_not_found",
-    ),
-    Conflict: ("conflict", "idempotency_conflict", "job_not_finished", "job_finished"),
-    RateLimited: ("rate_limited", "too_many_streams"),
-    ServerError: ("internal_error", "service_unavailable", "broker_unavailable"),
+FAMILY_CLASSES: dict[Family, type[LrprobeError]] = {
+    "request": ValidationFailed,
+    "checkpoint": ValidationFailed,
+    "data": ValidationFailed,
+    "auth": Unauthorized,
+    "not_found": NotFound,
+    "conflict": Conflict,
+    "rate_limit": RateLimited,
+    "server": ServerError,
+    "probe": JobFailed,  # only ever a failed job's code
+    "job": JobFailed,
+    "connection": ConnectionFailed,
+    "wait": WaitTimeout,
+    # the CLI's own families: the SDK never raises them
+    "usage": LrprobeError,
+    "setup": LrprobeError,
 }
+"""Family of the error catalogue → the exception the SDK raises for it."""
+
+assert set(FAMILY_CLASSES) == set(FAMILIES), "a family of the catalogue without an exception"
 
 ERROR_CLASSES: dict[str, type[LrprobeError]] = {
-    code: cls for cls, codes in _FAMILIES.items() for code in codes
+    code: FAMILY_CLASSES[entry.family]
+    for code, entry in CATALOGUE.items()
+    if entry.status is not None
 }
-"""Problem code → exception class; every code of :data:`PROBLEM_CODES` is here."""
-
-_missing = set(PROBLEM_CODES) - set(ERROR_CLASSES)
-assert not _missing, f"problem codes without an exception class: {sorted(_missing)}"
+"""Problem code → exception class, for every code the service sends as a problem."""
 
 
 def _class_for_status(status: int) -> type[LrprobeError]:
-    if status in (401, 403):
-        return Unauthorized
-    if status == 404:
-        return NotFound
-    if status == 409:
-        return Conflict
-    if status == 429:
-        return RateLimited
-    if status >= 500:
-        return ServerError
-    if status >= 400:
-        return ValidationFailed
-    return LrprobeError
+    return FAMILY_CLASSES[family_for_status(status)] if status >= 400 else LrprobeError
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -182,15 +160,15 @@ def error_from_response(response: httpx.Response) -> LrprobeError:
         problem = Problem.model_validate_json(response.content)
     if problem is not None:
         cls = ERROR_CLASSES.get(problem.code) or _class_for_status(response.status_code)
-        message = problem.detail or problem.title
+        detail = problem.detail or problem.title
         code = problem.code
     else:
         cls = _class_for_status(response.status_code)
-        message = f"the service answered {response.status_code} {response.reason_phrase}".strip()
+        detail = f"the service answered {response.status_code} {response.reason_phrase}".strip()
         code = f"http_{response.status_code}"
     status = response.status_code
     if cls is RateLimited:
         return RateLimited(
-            message, code=code, status=status, problem=problem, retry_after=_retry_after(response)
+            detail, code=code, status=status, problem=problem, retry_after=_retry_after(response)
         )
-    return cls(message, code=code, status=status, problem=problem)
+    return cls(detail, code=code, status=status, problem=problem)

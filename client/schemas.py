@@ -22,149 +22,25 @@ from pydantic import (
     model_validator,
 )
 
-PROBLEM_CODES: tuple[str, ...] = (
-    # request and protocol
-    "bad_request",
-    "validation_error",
-    "invalid_cursor",
-    "unsupported_media_type",
-    "request_too_large",
-    "request_timeout",
-    "not_found",
-    "method_not_allowed",
-    "unauthorized",
-    "admin_required",
-    "csrf_failed",  # the dashboard's error page: a form without a valid CSRF token
-    "rate_limited",
-    "too_many_streams",  # GET /v1/jobs/{id}/events: the key holds its cap of open streams
-    "service_unavailable",
-    "broker_unavailable",  # POST /v1/jobs while the job queue fails its round trip
-    "internal_error",
-    # resources
-    "model_not_found",
-    "dataset_not_found",
-    "job_not_found",
-    "key_not_found",
-    "conflict",
-    "idempotency_conflict",
-    "job_not_finished",
-    "job_finished",
-    # uploads (the same codes as the worker's intake)
-    "checkpoint_too_large",
-    "dataset_too_large",
-    "empty_upload",
-    "unsupported_checkpoint",
-    "unsafe_archive",
-    "pickle_refused",
-    "torchscript_refused",
-    "pt2_disabled",
-    "hf_invalid_model",
-    "hf_remote_code_refused",
-    "arch_not_applicable",
-    "arch_required",
-    "invalid_arch_config",
-    "unsupported_data_format",
-    # data references (the same codes as the worker's intake)
-    "invalid_data_ref",
-    "unsupported_data_scheme",
-    "data_ref_refused",
-    "host_not_allowed",
-    "unknown_builtin_dataset",
-)
-"""Stable ``code`` values of :class:`Problem` (the service's error responses); the SDK maps
-each to an exception class."""
+from lrprobe.client.error_catalogue import CATALOGUE
 
-JOB_ERROR_CODES: tuple[str, ...] = (
-    # the job runner and the reaper
-    "invalid_spec",
-    "invalid_probe_arguments",
-    "model_not_found",
-    "dataset_not_found",
-    "artifact_missing",
-    "artifact_corrupt",
-    "device_unavailable",
-    "time_limit_exceeded",
-    "out_of_memory",
-    "worker_lost",
-    "internal_error",
-    # checkpoints (the intake)
-    "checkpoint_not_found",
-    "checkpoint_too_large",
-    "unsupported_checkpoint",
-    "unsafe_archive",
-    "pickle_refused",
-    "torchscript_refused",
-    "not_a_state_dict",
-    "no_parameters",
-    "weights_mismatch",
-    "pt2_disabled",
-    "pt2_refused",
-    "hf_invalid_model",
-    "hf_remote_code_refused",
-    "hf_unavailable",
-    "unknown_architecture",
-    "arch_not_applicable",
-    "arch_required",
-    "invalid_arch_config",
-    # data (the intake)
-    "invalid_data_ref",
-    "unsupported_data_scheme",
-    "data_ref_refused",
-    "host_not_allowed",
-    "address_not_allowed",
-    "unknown_builtin_dataset",
-    "data_not_found",
-    "data_unreadable",
-    "data_too_large",
-    "invalid_data",
-    "non_finite_data",
-    "pickled_data_refused",
-    "unsupported_data_format",
-    "format_backend_unavailable",
-    "remote_backend_unavailable",
-    "remote_fetch_failed",
-    "block_size_required",
-    "too_few_examples",
-    "invalid_batch_size",
-    "invalid_holdout_fraction",
-    "unknown_loss",
-    "incompatible_loss",
-    "incompatible_model_input",
-    "incompatible_model_output",
-    # the numeric core
-    "non_finite_loss",
-    "non_finite_summaries",
-    "no_descent",
-)
+PROBLEM_CODES: tuple[str, ...] = tuple(c for c, e in CATALOGUE.items() if e.status is not None)
+"""Stable ``code`` values of :class:`Problem` (the service's error responses); the SDK maps
+each to an exception class by its family."""
+
+JOB_ERROR_CODES: tuple[str, ...] = tuple(c for c, e in CATALOGUE.items() if e.job)
 """Stable ``JobOut.error.code`` values of a failed job (the SDK raises them as ``JobFailed``)."""
 
-CLIENT_ERROR_CODES: tuple[str, ...] = (
-    # the SDK's own
-    "connection_error",
-    "wait_timeout",
-    "failed",  # a failed job that carries no code
-    "cancelled",
-    # the CLI's own
-    "usage",
-    "invalid_argument",
-    "file_not_found",
-    "missing_extra",  # a command whose extra is not installed
-    # the CLI's commands on the database and server directly (serve, migrate, local keys)
-    "database_not_initialized",
-    "database_unavailable",
-    "schema_not_at_head",
-    "data_dir_unusable",
-    "invalid_settings",
-    "address_unavailable",
+CLIENT_ERROR_CODES: tuple[str, ...] = tuple(
+    c for c, e in CATALOGUE.items() if e.status is None and not e.job
 )
 """Codes the SDK and the CLI raise themselves, never sent by the service (plus ``http_<status>``
 for an error response without a problem body, such as a proxy's error page)."""
 
-ERROR_CODES: tuple[str, ...] = tuple(
-    dict.fromkeys(PROBLEM_CODES + JOB_ERROR_CODES + CLIENT_ERROR_CODES)
-)
-"""Every stable error code lrprobe sends or raises; ``tests/test_error_catalogue.py`` scans the
-source for codes missing here."""
+ERROR_CODES: tuple[str, ...] = tuple(CATALOGUE)
+"""Every stable error code lrprobe sends or raises: the keys of
+:data:`lrprobe.client.error_catalogue.CATALOGUE`, which holds each one's family, status, title
+and advice."""
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 LossName = Literal["cross_entropy", "mse", "bce", "lm_cross_entropy"]

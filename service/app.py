@@ -22,19 +22,18 @@ from lrprobe.service.dashboard import router as dashboard_router
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.deps import Services
 from lrprobe.service.errors import (
-    PROBLEM_MEDIA_TYPE,
     BadRequestError,
     MethodNotAllowedError,
     NotFoundError,
     ServiceError,
     ServiceUnavailableError,
     UnprocessableError,
-    problem_body,
 )
 from lrprobe.service.events import EventHub
 from lrprobe.service.metrics import Metrics, MetricsMiddleware
 from lrprobe.service.notify import notifier_for
 from lrprobe.service.principals import PrincipalCache
+from lrprobe.service.problems import problem_response
 from lrprobe.service.queue import JobQueue
 from lrprobe.service.ratelimit import rate_limiter_for
 from lrprobe.service.request_limits import RequestLimitsMiddleware
@@ -141,12 +140,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
 
 
 def _problem(request: Request, error: ServiceError) -> JSONResponse:
-    return JSONResponse(
-        problem_body(error, request.url.path),
-        status_code=error.status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=error.headers or None,
-    )
+    return problem_response(error, request.url.path)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -187,8 +181,7 @@ def _install_error_handlers(app: FastAPI) -> None:
                 "JSON object with Content-Type: application/json."
             )
         else:
-            error = BadRequestError(str(exc.detail))
-            error.status = exc.status_code  # type: ignore[misc]
+            error = BadRequestError(str(exc.detail), status=exc.status_code)
         error.headers = dict(exc.headers or {})
         return _problem(request, error)
 

@@ -1,63 +1,69 @@
 """The service's errors: one class per stable code, rendered by one handler as RFC 9457
-``application/problem+json`` (see ``lrprobe.service.app``). Use cases raise these; routes never
-build responses for errors themselves."""
+``application/problem+json`` (``lrprobe.service.problems``). Use cases raise these; routes never
+build responses for errors themselves.
+
+A class names only its code: the HTTP status and the title come from the error catalogue
+(``lrprobe.client.error_catalogue``), and so does the detail when a raise gives none.
+"""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from lrprobe.client.error_catalogue import CATALOGUE, problem_status
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class ServiceError(Exception):
-    """Base of every error a client may see. ``code`` is stable (the SDK branches on it);
-    ``detail`` is a sentence that says what went wrong and what to do."""
+    """Base of every error a client may see. ``code`` is stable (the SDK branches on it) and
+    fixes ``status`` and ``title``; ``detail`` is a sentence that says what went wrong and what
+    to do.
 
-    status: ClassVar[int] = 500
+    ``code=`` gives an instance another code (the intake's refusals share a few classes);
+    ``status=`` overrides the catalogue's status where one code has two (a valid safetensors
+    file without tensors is 422, not the 415 of a file that is no checkpoint at all).
+    """
+
     code: ClassVar[str] = "internal_error"
-    title: ClassVar[str] = "Internal error"
 
     def __init__(
         self,
-        detail: str,
+        detail: str | None = None,
         *,
         code: str | None = None,
+        status: int | None = None,
         errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(detail)
-        self.detail = detail
         if code is not None:
             self.code = code  # type: ignore[misc]  # per-instance intake code
+        entry = CATALOGUE[self.code]
+        self.detail: str = detail or entry.advice
+        self.status: int = status or problem_status(self.code)
+        self.title: str = entry.title
+        super().__init__(self.detail)
         self.errors = errors or []
         self.headers = headers or {}
 
 
 class BadRequestError(ServiceError):
-    status = 400
     code = "bad_request"
-    title = "Bad request"
 
 
 class UnauthorizedError(ServiceError):
-    status = 401
     code = "unauthorized"
-    title = "Unauthorized"
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="lrprobe"'})
 
 
 class AdminRequiredError(ServiceError):
-    status = 403
     code = "admin_required"
-    title = "Admin key required"
 
 
 class NotFoundError(ServiceError):
-    status = 404
     code = "not_found"
-    title = "Not found"
 
 
 class ModelNotFoundError(NotFoundError):
@@ -77,15 +83,11 @@ class KeyNotFoundError(NotFoundError):
 
 
 class MethodNotAllowedError(ServiceError):
-    status = 405
     code = "method_not_allowed"
-    title = "Method not allowed"
 
 
 class ConflictError(ServiceError):
-    status = 409
     code = "conflict"
-    title = "Conflict"
 
 
 class IdempotencyConflictError(ConflictError):
@@ -101,35 +103,25 @@ class JobFinishedError(ConflictError):
 
 
 class PayloadTooLargeError(ServiceError):
-    status = 413
     code = "checkpoint_too_large"
-    title = "Upload too large"
 
 
 class RequestTimeoutError(ServiceError):
-    status = 408
     code = "request_timeout"
-    title = "Request timeout"
 
 
 class RequestTooLargeError(ServiceError):
-    status = 413
     code = "request_too_large"
-    title = "Request too large"
 
 
 class UnsupportedMediaTypeError(ServiceError):
-    status = 415
     code = "unsupported_media_type"
-    title = "Unsupported media type"
 
 
 class UnprocessableError(ServiceError):
     """The request is well formed but its content cannot be used (intake-style codes)."""
 
-    status = 422
     code = "validation_error"
-    title = "Unprocessable content"
 
 
 class InvalidCursorError(UnprocessableError):
@@ -137,9 +129,7 @@ class InvalidCursorError(UnprocessableError):
 
 
 class RateLimitedError(ServiceError):
-    status = 429
     code = "rate_limited"
-    title = "Too many requests"
 
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
@@ -150,9 +140,7 @@ class TooManyStreamsError(RateLimitedError):
 
 
 class ServiceUnavailableError(ServiceError):
-    status = 503
     code = "service_unavailable"
-    title = "Service unavailable"
 
 
 def problem_body(error: ServiceError, instance: str | None) -> dict[str, Any]:

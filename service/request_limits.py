@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrprobe.service.errors import (
-    PROBLEM_MEDIA_TYPE,
     RequestTimeoutError,
     RequestTooLargeError,
     ServiceError,
     UnsupportedMediaTypeError,
-    problem_body,
 )
+from lrprobe.service.problems import problem_response
 
 MAX_BODY_BYTES = 1 << 20
 MAX_SIGN_IN_BYTES = 8 << 10
@@ -46,6 +43,8 @@ UPLOAD_ROUTES = frozenset(
 )
 SIGN_IN_ROUTE = ("POST", "/ui/sign-in")
 _FORM = "application/x-www-form-urlencoded"
+# A body refused before it was read whole leaves bytes on the connection that no request owns.
+_CLOSE = {"Connection": "close"}
 
 
 class _TimeoutError(Exception):
@@ -78,7 +77,8 @@ class RequestLimitsMiddleware:
         limit = MAX_SIGN_IN_BYTES if route == SIGN_IN_ROUTE else self.max_bytes
         too_large = RequestTooLargeError(
             f"The request body is over {limit} bytes; this route takes a JSON body or form of "
-            "at most that size (files go to POST /v1/models or /v1/datasets)."
+            "at most that size (files go to POST /v1/models or /v1/datasets).",
+            headers=_CLOSE,
         )
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
@@ -93,7 +93,8 @@ class RequestLimitsMiddleware:
                 RequestTimeoutError(
                     f"The request body stopped arriving, or arrived slower than "
                     f"{self.min_bytes_per_s:g} bytes/s after {self.idle_timeout_s:g} s; send it "
-                    "again in one go."
+                    "again in one go.",
+                    headers=_CLOSE,
                 ),
             )
             return
@@ -169,12 +170,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _problem(scope: Scope, send: Send, error: ServiceError) -> None:
-    content: dict[str, Any] = problem_body(error, scope["path"])
-    headers = {"Connection": "close"} if error.status in (408, 413) else None
-    response = JSONResponse(
-        content, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
-    )
-    await response(scope, _no_receive, send)
+    await problem_response(error, scope["path"])(scope, _no_receive, send)
 
 
 async def _no_receive() -> Message:

@@ -353,6 +353,7 @@ def _inspect_safetensors(
         raise UnprocessableError(
             "The safetensors file holds no tensors; send the model's state dict.",
             code="unsupported_checkpoint",
+            status=422,  # a checkpoint format, but empty: not the catalogue's 415
         )
     meta_arch = metadata.get(ARCH_METADATA_KEY)
     if meta_arch is not None and arch is None:

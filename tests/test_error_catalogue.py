@@ -1,6 +1,7 @@
-"""The error catalogue is complete: every code the service, the worker, the SDK and the CLI send
-or raise is in ``lrprobe.client.schemas.ERROR_CODES``, and every code the service sends as a
-problem maps to the SDK exception of its HTTP status.
+"""The error catalogue is complete and whole: every code the service, the worker, the SDK and
+the CLI send or raise is in ``lrprobe.client.error_catalogue.CATALOGUE``; every entry has a
+family, a title and advice; every problem code has an error status whose SDK exception is its
+family's; and the SDK, the service, the dashboard and the CLI take what they say from it.
 
 Codes are found by reading the source (``ast``), so a code added tomorrow is caught too. A
 code counts as sent where a string literal is
@@ -13,7 +14,6 @@ code counts as sent where a string literal is
 from __future__ import annotations
 
 import ast
-import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,19 +24,24 @@ import pytest
 from lrprobe.client import (
     ERROR_CLASSES,
     Conflict,
-    LrprobeError,
+    ConnectionFailed,
+    JobFailed,
     NotFound,
     RateLimited,
     ServerError,
     Unauthorized,
     ValidationFailed,
+    WaitTimeout,
 )
+from lrprobe.client._errors import FAMILY_CLASSES
+from lrprobe.client.error_catalogue import CATALOGUE, FAMILIES, family_for_status
 from lrprobe.client.schemas import (
     CLIENT_ERROR_CODES,
     ERROR_CODES,
     JOB_ERROR_CODES,
     PROBLEM_CODES,
 )
+from lrprobe.service.errors import ServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("service", "worker", "client", "cli")
@@ -259,54 +264,92 @@ def test_codes_are_in_the_catalogue_of_who_sends_them(scanned: tuple[list[Sent],
     wrong = []
     for s in sent:
         if tree.problem_class(s):
-            expected = PROBLEM_CODES
+            expected = PROBLEM_CODES  # an entry with an HTTP status
         elif s.module.startswith("worker."):
-            expected = JOB_ERROR_CODES
-        elif s.module.startswith(("client.", "cli.")):
+            expected = JOB_ERROR_CODES  # an entry marked job=True
+        elif s.module.startswith("cli."):
+            # `lrprobe probe` runs the worker's pipeline in-process, so it reports a job's codes
+            expected = PROBLEM_CODES + JOB_ERROR_CODES + CLIENT_ERROR_CODES
+        elif s.module.startswith("client."):
             expected = PROBLEM_CODES + CLIENT_ERROR_CODES
         else:
             continue
         if s.code not in expected:
             wrong.append(str(s))
-    assert not wrong, f"codes listed in the wrong tuple of lrprobe.client.schemas: {wrong}"
+    assert not wrong, f"give these codes a status or job=True in the catalogue: {wrong}"
 
 
-def _family(status: int) -> type[LrprobeError]:
-    by_status: dict[int, type[LrprobeError]] = {
-        401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict, 429: RateLimited,
+@pytest.mark.parametrize("code", list(CATALOGUE))
+def test_every_entry_has_a_family_a_title_and_advice(code: str) -> None:
+    entry = CATALOGUE[code]
+    assert entry.code == code
+    assert entry.family in FAMILIES
+    assert entry.title and entry.title[0].isupper() and not entry.title.endswith(".")
+    # one sentence that says what to do
+    assert entry.advice[0].isupper() and entry.advice.endswith("."), entry.advice
+    assert entry.advice.count(". ") == 0, entry.advice
+
+
+@pytest.mark.parametrize("code", PROBLEM_CODES)
+def test_every_problem_code_has_an_error_status_of_its_family(code: str) -> None:
+    """The SDK raises a problem's exception by its family, and a client that does not know the
+    code by its status: both must agree."""
+    status = CATALOGUE[code].status
+    assert status is not None and 400 <= status <= 599
+    assert FAMILY_CLASSES[CATALOGUE[code].family] is FAMILY_CLASSES[family_for_status(status)]
+    assert ERROR_CLASSES[code] is FAMILY_CLASSES[CATALOGUE[code].family]
+
+
+def test_the_sdk_maps_each_family() -> None:
+    assert set(FAMILY_CLASSES) == set(FAMILIES)
+    problem_families = {CATALOGUE[c].family for c in PROBLEM_CODES}
+    assert {FAMILY_CLASSES[f] for f in problem_families} == {
+        ValidationFailed, Unauthorized, NotFound, Conflict, RateLimited, ServerError,
     }  # fmt: skip
-    return by_status.get(status, ServerError if status >= 500 else ValidationFailed)
+    # the SDK's own codes raise the class of their family; the probe's only as a failed job
+    assert FAMILY_CLASSES[CATALOGUE["connection_error"].family] is ConnectionFailed
+    assert FAMILY_CLASSES[CATALOGUE["wait_timeout"].family] is WaitTimeout
+    assert FAMILY_CLASSES[CATALOGUE["cancelled"].family] is JobFailed
+    assert FAMILY_CLASSES[CATALOGUE["time_limit_exceeded"].family] is JobFailed
 
 
-def test_each_problem_the_service_sends_maps_to_the_sdk_class_of_its_status(
-    scanned: tuple[list[Sent], _Tree],
-) -> None:
-    sent, tree = scanned
-    mismatched = []
-    for s in sent:
-        made_by = tree.problem_class(s)
-        if made_by is None:
-            continue
-        cls = getattr(importlib.import_module(f"lrprobe.{s.module}"), made_by, None)
-        if cls is None:  # a class imported into the module
-            cls = _service_error(made_by)
-        family = ERROR_CLASSES.get(s.code)
-        if family is not _family(cls.status):
-            mismatched.append(f"{s} is sent with status {cls.status} but raises {family}")
-    assert not mismatched, mismatched
+def test_the_service_classes_name_a_problem_code_and_nothing_else() -> None:
+    """Status and title come from the catalogue, so a class cannot drift from it."""
+    for name, cls in _service_errors().items():
+        assert cls.code in PROBLEM_CODES, name
+        assert not {"status", "title"} & set(vars(cls)), f"{name} declares its own status"
 
 
-def _service_error(name: str) -> type:
-    from lrprobe.service.errors import ServiceError
+def test_a_service_error_without_a_sentence_gives_the_catalogues_advice() -> None:
+    from lrprobe.service.errors import JobNotFoundError
 
+    error = JobNotFoundError()
+    assert (error.status, error.title, error.detail) == (
+        404, "Job not found", CATALOGUE["job_not_found"].advice,
+    )  # fmt: skip
+
+
+def test_the_cli_exits_by_family() -> None:
+    from lrprobe.cli.errors import exit_status
+
+    assert [exit_status(c) for c in ("usage", "file_not_found", "invalid_settings")] == [2] * 3
+    assert [exit_status(c) for c in ("unauthorized", "admin_required")] == [3, 3]
+    assert exit_status("wait_timeout") == 4
+    assert [exit_status(c) for c in ("job_not_found", "out_of_memory", None)] == [1, 1, 1]
+    # a code the catalogue does not know goes by its HTTP status
+    assert (exit_status("http_401", 401), exit_status("http_502", 502)) == (3, 1)
+
+
+def _service_errors() -> dict[str, type[ServiceError]]:
     todo, seen = [ServiceError], {}
     while todo:
         cls = todo.pop()
         seen[cls.__name__] = cls
         todo.extend(cls.__subclasses__())
-    return seen[name]
+    return seen
 
 
 def test_the_sdk_has_an_exception_for_every_problem_code() -> None:
-    assert set(PROBLEM_CODES) <= set(ERROR_CLASSES)
+    assert set(PROBLEM_CODES) == set(ERROR_CLASSES)
     assert set(ERROR_CODES) == set(PROBLEM_CODES) | set(JOB_ERROR_CODES) | set(CLIENT_ERROR_CODES)
+    assert set(ERROR_CODES) == set(CATALOGUE)

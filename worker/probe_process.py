@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
+from lrprobe.client.error_catalogue import CATALOGUE
 from lrprobe.service.lifecycle import Progress
 from lrprobe.service.settings import Settings
 from lrprobe.worker import devices
@@ -48,9 +49,7 @@ SEND_INTERVAL_SECONDS = 0.2
 # How CPU allocators (torch's "DefaultCPUAllocator: can't allocate memory") and CUDA phrase an
 # allocation failure that reaches Python as a plain RuntimeError.
 _OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory")
-OUT_OF_MEMORY_ADVICE = (
-    "The probe ran out of memory; lower budget.batch_size or use a smaller model."
-)
+OUT_OF_MEMORY_ADVICE = CATALOGUE["out_of_memory"].advice
 INTERNAL_ERROR_ADVICE = (
     "The worker hit an unexpected error (it is in the worker's log); retry the job, and report "
     "it if it happens again."
@@ -148,7 +147,7 @@ def execute(work: ProbeWork, progress: Callable[[ProbeProgress], None]) -> dict[
         )
         dataset = _open_data(work)
     except IntakeError as exc:
-        raise JobError(exc.code, exc.message) from None
+        raise JobError(exc.code, exc.detail) from None
     try:
         return run_probe(loaded.model, dataset, work.request, progress).to_dict()
     except NumericalError as exc:
@@ -158,7 +157,7 @@ def execute(work: ProbeWork, progress: Callable[[ProbeProgress], None]) -> dict[
             "loss for non-finite values.",
         ) from None
     except IntakeError as exc:  # model, data and loss checked against each other, per batch
-        raise JobError(exc.code, exc.message) from None
+        raise JobError(exc.code, exc.detail) from None
     except ValueError as exc:  # the core's argument checks name what to change
         raise JobError("invalid_probe_arguments", f"{exc}.") from None
 

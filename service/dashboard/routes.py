@@ -21,6 +21,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from lrprobe.client.error_catalogue import CATALOGUE, advice
 from lrprobe.client.schemas import JobCreate, JobOut, Recommendation
 from lrprobe.service import jobs, keys, uploads
 from lrprobe.service.auth_throttle import client_address
@@ -62,20 +63,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-DATA_CODES = {
-    "invalid_data_ref", "unsupported_data_scheme", "data_ref_refused", "host_not_allowed",
-    "unknown_builtin_dataset", "dataset_not_found",
-}  # fmt: skip
-ADVICE = {
-    "incompatible_model_input": "The model's input layer does not match the data's features: "
-    "check the architecture config against the dataset.",
-    "time_limit_exceeded": "Give the probe fewer batches, a smaller batch size, or a larger "
-    "time limit in the budget.",
-    "out_of_memory": "Use a smaller batch size, or run on a device with more memory.",
-    "worker_lost": "The worker died repeatedly, usually from memory: try a smaller batch size.",
-    "non_finite_loss": "The loss was NaN or infinite at the checkpoint: check the data scaling "
-    "and the loss function.",
-}
+# Codes the new-job form marks next to its data field (an upload:// reference to a missing
+# dataset is the data field's fault too).
+DATA_CODES = {c for c, e in CATALOGUE.items() if e.family == "data"} | {"dataset_not_found"}
 
 
 class SignInRequiredError(Exception):
@@ -558,7 +548,8 @@ def job_page(request: Request, services: ServicesDep, me: Current, job_id: str) 
         context["history_chart"] = charts.run_history_chart(history)
         context["history_count"] = len(history)
     if job.error is not None:
-        context["advice"] = ADVICE.get(job.error.code)
+        hint = advice(job.error.code)
+        context["advice"] = hint if hint != job.error.detail else None
     return _render(request, "job.html", me=me, **context)
 
 

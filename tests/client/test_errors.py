@@ -70,3 +70,10 @@ def _get(path: str):  # type: ignore[no-untyped-def]
     from lrprobe.client._calls import Call
 
     return Call("GET", path, lambda r: r, idempotent=True)
+
+
+def test_message_is_a_deprecated_alias_of_detail() -> None:
+    error = NotFound("There is no job 'x'.", code="job_not_found", status=404)
+    assert error.detail == "There is no job 'x'."
+    with pytest.warns(DeprecationWarning, match="detail"):
+        assert error.message == error.detail

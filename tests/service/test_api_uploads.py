@@ -109,6 +109,8 @@ def test_torchscript_and_unknown_files_are_refused_with_their_codes(api: Running
         (b"", "empty.safetensors", 422, "empty_upload"),
         (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "t.safetensors", 415,
          "unsupported_checkpoint"),
+        # a checkpoint format, but no tensors: the one unsupported_checkpoint that is not 415
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "e.safetensors", 422, "unsupported_checkpoint"),
         (zip_archive({"archive/archive_format": b"pt2"}), "m.pt2", 422, "pt2_disabled"),
     ]  # fmt: skip
     for content, name, status, code in cases:

@@ -6,14 +6,19 @@ from __future__ import annotations
 class IntakeError(Exception):
     """A checkpoint or data reference that cannot be used.
 
-    ``code`` is stable (API clients and the SDK branch on it); ``message`` is one sentence that
+    ``code`` is stable (API clients and the SDK branch on it); ``detail`` is one sentence that
     says what went wrong *and what to send instead*.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
         self.code = code
-        self.message = message
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        """Deprecated: the same sentence as :attr:`detail`, the name every lrprobe error uses."""
+        return self.detail
 
     def __str__(self) -> str:
-        return f"{self.message} [{self.code}]"
+        return f"{self.detail} [{self.code}]"

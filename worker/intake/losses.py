@@ -110,7 +110,7 @@ def _refusals() -> Iterator[None]:
     try:
         yield
     except LossInputError as exc:
-        raise IntakeError(exc.code, exc.message) from None
+        raise IntakeError(exc.code, exc.detail) from None
 
 
 def _refusing(loss: LossFn) -> LossFn:

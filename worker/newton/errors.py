@@ -6,9 +6,10 @@ from __future__ import annotations
 class NumericalError(ValueError):
     """The loss or its derivatives are not finite, so no learning rate can be derived."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
         self.code = code
+        self.detail = detail
 
 
 class OutOfMemoryProbeError(MemoryError):
@@ -16,12 +17,16 @@ class OutOfMemoryProbeError(MemoryError):
 
     code = "out_of_memory"
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
 
 class LossInputError(ValueError):
     """The model's output does not fit the loss's targets (its shape, its type)."""
 
     code = "incompatible_model_output"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
