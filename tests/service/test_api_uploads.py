@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from lrprobe.rules.pickle_scan import pickle_globals
 from lrprobe.service.keys import authenticate
 from lrprobe.service.models import DatasetArtifact, ModelArtifact
-from lrprobe.service.upload_formats import _pickle_globals
 from tests.service.api_support import MLP_CONFIG, RunningApi, safetensors_mlp, zip_archive
 
 
@@ -179,4 +179,4 @@ def test_stack_global_names_fetched_from_the_memo_are_seen() -> None:
     crafted = (
         b"\x80\x04\x8c\x08builtins\x94\x8c\x04open\x94\x8c\x05torch\x8c\x04Size0h\x00h\x01\x93."
     )
-    assert ("builtins", "open") in _pickle_globals(crafted)
+    assert ("builtins", "open") in pickle_globals(crafted)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from lrprobe.rules.data_refs import BUILTIN_DATASETS
 from lrprobe.worker.intake.data_policy import DataPolicy
 from lrprobe.worker.intake.datasets import open_dataset
-from lrprobe.worker.intake.datasets_builtin import BUILTIN_DATASETS
 from lrprobe.worker.intake.datasets_mnist1d import make_mnist1d, templates
 from lrprobe.worker.intake.errors import IntakeError
 
