@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.data.dataset import Dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -10,7 +10,7 @@ reference sees the same inputs:
   divided by 16 and then standardised with one mean and standard deviation over all pixels;
 - ``builtin://diabetes`` is regression: the target (disease progression) is standardised too,
   float32 of shape ``(N,)``; the others are classification with int64 labels;
-- ``builtin://mnist1d``: see ``datasets_mnist1d``; options ``seed`` (default 42),
+- ``builtin://mnist1d``: see ``mnist1d``; options ``seed`` (default 42),
   ``num_samples`` (default 5000, at most 100000) and ``shape=channels`` for ``(1, 40)``
   signals instead of ``(40,)``.
 """
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from lrprobe.rules.data_refs import check_builtin_name
-from lrprobe.worker.intake.data_options import DataOptions
-from lrprobe.worker.intake.dataset import Dataset, DatasetKind, build_dataset
-from lrprobe.worker.intake.datasets_mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
+from lrprobe.worker.intake.data.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.data.mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
+from lrprobe.worker.intake.data.options import DataOptions
 
 MAX_MNIST1D_SAMPLES = 100_000
 

@@ -32,7 +32,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 import httpx
 
 from lrprobe.rules.data_refs import check_remote
-from lrprobe.worker.intake.data_policy import DataPolicy, Resolver, pin_address, system_resolve
+from lrprobe.worker.intake.data.policy import DataPolicy, Resolver, pin_address, system_resolve
 from lrprobe.worker.intake.errors import IntakeError
 
 MAX_REDIRECTS = 5

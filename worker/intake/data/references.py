@@ -1,9 +1,9 @@
 """``open_dataset``: turn a data reference from a job spec into a validated ``Dataset``.
 
-References (see ``data_formats`` for the file formats and their options):
+References (see ``formats`` for the file formats and their options):
 
 - ``builtin://NAME`` — ``breast_cancer``, ``diabetes``, ``digits`` (``?shape=image`` for
-  ``1×8×8`` images), ``iris``, ``wine``, ``mnist1d`` (see ``datasets_builtin``);
+  ``1×8×8`` images), ``iris``, ``wine``, ``mnist1d`` (see ``builtin``);
 - ``file:///ABS/PATH`` — a file or an image folder under one of the policy's data roots, by its
   written path and by its real path; ``..`` is refused; options go in the query
   (``file:///data/t.csv?target=label``);
@@ -28,19 +28,19 @@ from typing import BinaryIO
 from urllib.parse import SplitResult, unquote
 
 from lrprobe.rules.data_refs import builtin_name, check_local_path, file_path, split_reference
-from lrprobe.worker.intake.data_formats import ReadRequest, format_for, read_data_file
-from lrprobe.worker.intake.data_images import read_image_folder
-from lrprobe.worker.intake.data_options import DataOptions, parse_options
-from lrprobe.worker.intake.data_policy import (
+from lrprobe.worker.intake.data.builtin import load_builtin
+from lrprobe.worker.intake.data.dataset import MIN_EXAMPLES, Dataset
+from lrprobe.worker.intake.data.formats import ReadRequest, format_for, read_data_file
+from lrprobe.worker.intake.data.images import read_image_folder
+from lrprobe.worker.intake.data.options import DataOptions, parse_options
+from lrprobe.worker.intake.data.policy import (
     DataPolicy,
     Resolver,
     is_under_real_roots,
     system_resolve,
 )
-from lrprobe.worker.intake.dataset import MIN_EXAMPLES, Dataset
-from lrprobe.worker.intake.datasets_builtin import load_builtin
+from lrprobe.worker.intake.data.remote import fetch_remote
 from lrprobe.worker.intake.errors import IntakeError, intake_errors
-from lrprobe.worker.intake.remote_data import fetch_remote
 
 SCHEMES = ("builtin", "file", "https", "http", "s3", "gs")
 REMOTE_SCHEMES = ("https", "http", "s3", "gs")

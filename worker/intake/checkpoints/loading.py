@@ -7,7 +7,7 @@ The format is read from the content (magic bytes, zip member names), never from 
   and required to be a flat ``{str: Tensor}``; module from the registry.
 - ``hf``: folder, zip or tar with ``config.json`` + safetensors; module from ``transformers``.
 - ``pt2``: ``torch.export`` archive, only when enabled and after the pre-scan of
-  :mod:`lrprobe.worker.intake.checkpoint_pt2`; module is the exported graph.
+  :mod:`lrprobe.worker.intake.checkpoints.pt2`; module is the exported graph.
 
 Registry and ``transformers`` modules are first built on the meta device and checked against
 the weights (names, shapes, total size), so a config that asks for a huge model is refused
@@ -55,9 +55,9 @@ from lrprobe.rules.checkpoint_formats import (
     unsupported,
 )
 from lrprobe.rules.hf_config import select_members
-from lrprobe.worker.intake.architectures import ArchitectureSpec, get_architecture
-from lrprobe.worker.intake.checkpoint_hf import find_model_folder, load_hf_folder
-from lrprobe.worker.intake.checkpoint_pt2 import load_pt2
+from lrprobe.worker.intake.checkpoints.architectures import ArchitectureSpec, get_architecture
+from lrprobe.worker.intake.checkpoints.hf import find_model_folder, load_hf_folder
+from lrprobe.worker.intake.checkpoints.pt2 import load_pt2
 from lrprobe.worker.intake.errors import IntakeError, intake_errors
 from lrprobe.worker.newton import Group, partition
 
@@ -111,7 +111,7 @@ def load_checkpoint(
         max_bytes: size cap for the file, the folder's weights, or an archive's contents
             (default :data:`DEFAULT_MAX_BYTES`).
         allow_pt2: accept ``torch.export`` archives (off by default: see
-            :mod:`lrprobe.worker.intake.checkpoint_pt2` for the residual risk).
+            :mod:`lrprobe.worker.intake.checkpoints.pt2` for the residual risk).
 
     Raises:
         IntakeError: with a stable code and a sentence saying what to send instead.
