@@ -7,6 +7,7 @@ RUN useradd --create-home --uid 10001 lrprobe
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY client ./client
+COPY rules ./rules
 COPY service ./service
 COPY worker ./worker
 COPY cli ./cli

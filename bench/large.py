@@ -86,7 +86,7 @@ def run_child(command: list[str]) -> tuple[float, int, str]:
 _BASELINE = """
 import sys, torch, transformers
 import lrprobe.cli.app, lrprobe.worker.pipeline
-from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint
 load_checkpoint(sys.argv[1])
 """
 

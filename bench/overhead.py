@@ -46,8 +46,8 @@ from lrprobe.service.broker import DEFAULT_QUEUE, make_celery
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.embedded import child_environment, worker_command
 from lrprobe.service.settings import Settings
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"sizes": [4, 16, 3], "activation": "tanh"}

@@ -64,7 +64,7 @@ def probe_command(
 
     from lrprobe.cli.render import print_recommendation, probe_progress
     from lrprobe.client import Recommendation
-    from lrprobe.worker.intake.data_policy import DataPolicy
+    from lrprobe.worker.intake.data.policy import DataPolicy
     from lrprobe.worker.intake.errors import IntakeError
     from lrprobe.worker.newton import NumericalError, OptimizerSpec, OutOfMemoryProbeError
     from lrprobe.worker.pipeline import ProbeRequest, load_inputs, run_probe

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from lrprobe.client._regroup import apply_rates, split_groups
 from lrprobe.client.schemas import Recommendation as RecommendationData
+from lrprobe.rules.regroup import apply_rates, split_groups
 
 Interval = tuple[float | None, float | None]
 

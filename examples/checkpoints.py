@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.architectures import get_architecture
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures import get_architecture
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mlp": {"sizes": [30, 64, 64, 2], "activation": "tanh"},

@@ -22,9 +22,9 @@ import torch
 
 from lrprobe.client import Client
 from lrprobe.integrations import Reprobe, ServiceProbe
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.newton import losses, minibatches
 
 ARCH_CONFIG = {"sizes": [64, 32, 10], "activation": "tanh"}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lrprobe.integrations._probers import Prober, Result
-from lrprobe.worker.newton.regroup import unwrap
+from lrprobe.rules.regroup import unwrap
 
 LogFn = Callable[[dict[str, float], int], None]
 logger = logging.getLogger("lrprobe.integrations")

@@ -10,7 +10,8 @@ The top level is lazy, so ``import lrprobe`` stays light and never imports torch
 
 Subpackages: ``lrprobe.client`` (SDK), ``lrprobe.worker`` (numeric core ``lrprobe.worker.newton``
 and safe intake ``lrprobe.worker.intake``), ``lrprobe.service`` (API and dashboard),
-``lrprobe.cli``, ``lrprobe.migrations`` and ``lrprobe.integrations``.
+``lrprobe.cli``, ``lrprobe.migrations``, ``lrprobe.integrations`` and ``lrprobe.rules`` (the
+torch-free intake rulebook the service and the worker share).
 """
 
 from __future__ import annotations

@@ -9,17 +9,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.client.schemas import DatasetOut, ModelOut
+from lrprobe.rules.checkpoint_inspection import MAX_ARCH_CONFIG_BYTES
+from lrprobe.rules.json_limits import MAX_DEPTH, JsonLimitError, load_bounded
 from lrprobe.service.artifacts import ArtifactStore
 from lrprobe.service.errors import DatasetNotFoundError, ModelNotFoundError, UnprocessableError
-from lrprobe.service.json_limits import MAX_DEPTH, JsonLimitError, load_bounded
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import new_id
 from lrprobe.service.models import DatasetArtifact, ModelArtifact, utcnow
-from lrprobe.service.upload_formats import (
-    MAX_ARCH_CONFIG_BYTES,
-    inspect_checkpoint,
-    inspect_dataset,
-)
+from lrprobe.service.upload_formats import inspect_checkpoint, inspect_dataset
 from lrprobe.service.upload_stream import ReceivedFile
 
 

@@ -44,7 +44,7 @@ from lrprobe.client.schemas import (
 from lrprobe.service.errors import ServiceError
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("service", "worker", "client", "cli")
+SOURCE_DIRS = ("service", "worker", "client", "cli", "rules")
 CODE_NAMES = frozenset({"code", "error_code"})
 # The class every error the service renders as problem+json derives from.
 PROBLEM_BASE = "ServiceError"

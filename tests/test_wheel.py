@@ -113,6 +113,8 @@ def test_the_wheel_holds_one_package_and_its_data(wheel: Path) -> None:
         "lrprobe/service/dashboard/static/dashboard.css",
         "lrprobe/service/docs_assets/swagger-init.js",
         "lrprobe/worker/newton/__init__.py", "lrprobe/worker/intake/__init__.py",
+        "lrprobe/worker/intake/checkpoints/__init__.py", "lrprobe/worker/intake/data/__init__.py",
+        "lrprobe/rules/__init__.py", "lrprobe/rules/py.typed",
         "lrprobe-0.1.0.dist-info/licenses/LICENSE",
     ):  # fmt: skip
         assert needed in names

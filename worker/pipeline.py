@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.batching import ProbeBatches
-from lrprobe.worker.intake.checkpoints import LoadedModel, load_checkpoint
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.dataset import Dataset
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.checkpoints.loading import LoadedModel, load_checkpoint
+from lrprobe.worker.intake.data.batching import ProbeBatches
+from lrprobe.worker.intake.data.dataset import Dataset
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.intake.losses import check_loss, get_loss
 from lrprobe.worker.newton import OptimizerSpec, PartitionRule, ProbeProgress, ProbeResult, probe

@@ -33,10 +33,10 @@ from lrprobe.service.lifecycle import Progress
 from lrprobe.service.settings import Settings
 from lrprobe.worker import devices
 from lrprobe.worker.artifact_files import artifact_file
-from lrprobe.worker.intake.checkpoints import load_checkpoint
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.dataset import Dataset
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint
+from lrprobe.worker.intake.data.dataset import Dataset
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.newton import NumericalError, ProbeProgress
 from lrprobe.worker.pipeline import ProbeRequest, run_probe

@@ -127,7 +127,7 @@ def _digits() -> tuple[Tensor, Tensor]:
 
 def _mnist1d() -> tuple[Tensor, Tensor]:
     try:  # the intake's generator when it is there; its output is deterministic for a seed
-        from lrprobe.worker.intake.datasets_mnist1d import make_mnist1d
+        from lrprobe.worker.intake.data.mnist1d import make_mnist1d
 
         x, y = make_mnist1d(4000, seed=42)
         return torch.tensor(np.array(x)), torch.tensor(np.array(y))

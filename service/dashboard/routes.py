@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lrprobe.client.error_catalogue import CATALOGUE, advice
 from lrprobe.client.schemas import JobCreate, JobOut, Recommendation
+from lrprobe.rules.data_refs import BUILTIN_DATASETS
 from lrprobe.service import jobs, keys, uploads
 from lrprobe.service.auth_throttle import client_address
 from lrprobe.service.dashboard import charts, queries
@@ -41,7 +42,6 @@ from lrprobe.service.dashboard.session import (
     read_cookie,
     start_session,
 )
-from lrprobe.service.data_refs import BUILTIN_DATASETS
 from lrprobe.service.deps import Services, ServicesDep, check_rate, throttled
 from lrprobe.service.errors import PayloadTooLargeError, ServiceError
 from lrprobe.service.lifecycle import FINAL, JobStatus

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lrprobe.cli.app import app
-from lrprobe.worker.intake.checkpoint_pt2 import pt2_available
+from lrprobe.worker.intake.checkpoints.pt2 import pt2_available
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "checkpoints.py"

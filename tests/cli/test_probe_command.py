@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lrprobe.cli.app import app
-from lrprobe.worker.intake.architectures import get_architecture
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures import get_architecture
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 
 runner = CliRunner()
 

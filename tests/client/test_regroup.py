@@ -1,6 +1,6 @@
 """Rates into the user's own optimizer: groups split by probe group keep their other settings,
-and schedules keep multiplying the new base rates. The SDK's and the core's copies of the code
-run on the same cases."""
+and schedules keep multiplying the new base rates. The SDK and the numeric core both use
+``lrprobe.rules.regroup``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from lrprobe.client import Recommendation
-from lrprobe.client import _regroup as sdk_regroup
-from lrprobe.worker.newton import regroup as core_regroup
+from lrprobe.rules import regroup
 from tests.client.fakes import recommendation_body
 
 RATES = {"0.weight": ("0", 0.1), "0.bias": ("0", 0.1), "2.weight": ("2", 0.02),
@@ -33,22 +32,7 @@ def ids(model: torch.nn.Module) -> dict[int, str]:
     return {id(p): n for n, p in model.named_parameters()}
 
 
-@pytest.fixture(params=[sdk_regroup, core_regroup], ids=["sdk", "core"])
-def regroup(request):
-    return request.param
-
-
-def test_the_sdk_and_core_copies_are_the_same_code() -> None:
-    import inspect
-
-    def body(module) -> str:
-        source = inspect.getsource(module)
-        return source[source.index('"""', 3) :]  # all but the docstring naming the other copy
-
-    assert body(sdk_regroup) == body(core_regroup)
-
-
-def test_groups_split_by_layer_keep_every_other_setting(regroup) -> None:
+def test_groups_split_by_layer_keep_every_other_setting() -> None:
     model = net()
     optimizer = torch.optim.AdamW(decay_groups(model), lr=1e-3, betas=(0.9, 0.95))
     regroup.apply_rates(optimizer, ids(model), RATES)
@@ -69,7 +53,7 @@ def test_groups_split_by_layer_keep_every_other_setting(regroup) -> None:
     assert len(optimizer.state) == 4
 
 
-def test_a_warmup_schedule_goes_on_multiplying_the_new_base_rates(regroup) -> None:
+def test_a_warmup_schedule_goes_on_multiplying_the_new_base_rates() -> None:
     model = net()
     optimizer = torch.optim.SGD(decay_groups(model), lr=1.0)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
@@ -90,7 +74,7 @@ def test_a_warmup_schedule_goes_on_multiplying_the_new_base_rates(regroup) -> No
     assert warmup.base_lrs == pytest.approx([0.2, 0.04, 0.2, 0.04])
 
 
-def test_a_cosine_schedule_continues_from_its_current_point(regroup) -> None:
+def test_a_cosine_schedule_continues_from_its_current_point() -> None:
     model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10)
@@ -108,7 +92,7 @@ def test_a_cosine_schedule_continues_from_its_current_point(regroup) -> None:
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.0, 0.0], abs=1e-12)
 
 
-def test_frozen_or_unprobed_parameters_keep_their_group(regroup) -> None:
+def test_frozen_or_unprobed_parameters_keep_their_group() -> None:
     model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
     regroup.apply_rates(optimizer, ids(model), {"0.weight": ("0", 0.1)})

@@ -19,9 +19,9 @@ from lrprobe.client import Client
 from lrprobe.service import migrate
 from lrprobe.service.app import create_app
 from lrprobe.service.settings import Settings
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.runner import WorkerContext, run_job
 from tests.service.api_support import make_settings
 

@@ -38,8 +38,8 @@ from lrprobe.service.keys import create_key
 from lrprobe.service.lifecycle import FINAL
 from lrprobe.service.models import Job, Recommendation, utcnow
 from lrprobe.service.settings import Settings
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 from lrprobe.worker.reaper import reap_once
 from tests.worker.jobs import (
     IRIS_MLP,

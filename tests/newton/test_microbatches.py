@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from lrprobe.worker.intake.architectures.gpt import GPT, GPTConfig
+from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT, GPTConfig
 from lrprobe.worker.newton import losses, partition, summaries
 from lrprobe.worker.newton.microbatches import batch_size, split
 from tests.newton.cases import assert_scaled_close, build_model, ce_loss, gradient, make_batch

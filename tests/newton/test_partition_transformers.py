@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.architectures.gpt import GPT, GPTConfig
+from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT, GPTConfig
 from lrprobe.worker.newton import losses, partition, probe, summaries
 from lrprobe.worker.newton.partition import AUTO_MAX_GROUPS
 from tests.newton.cases import assert_scaled_close, gradient, reference

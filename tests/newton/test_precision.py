@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrprobe.worker.intake.architectures.gpt import GPT, GPTConfig
+from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT, GPTConfig
 from lrprobe.worker.newton import losses, partition, probe, summaries
 from tests.newton.cases import assert_scaled_close, gradient, reference
 

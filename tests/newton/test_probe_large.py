@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrprobe.worker.intake.architectures.gpt import GPT, GPTConfig
+from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT, GPTConfig
 from lrprobe.worker.newton import losses, probe
 from lrprobe.worker.newton.state import scratch
 

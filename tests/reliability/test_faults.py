@@ -22,8 +22,8 @@ from sqlalchemy import select
 from lrprobe.service.artifacts import ArtifactStore
 from lrprobe.service.broker import send_job
 from lrprobe.service.models import JobEvent
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 from tests.reliability.conftest import LEASE, Stack
 from tests.reliability.servers import wait_until
 from tests.worker.jobs import IRIS_MLP, make_job

@@ -19,15 +19,15 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from lrprobe.service import lifecycle
-from lrprobe.service.auth_throttle import FailedAuthThrottle
-from lrprobe.service.dashboard.session import SESSION_COOKIE
-from lrprobe.service.models import ApiKey, Job, ModelArtifact
-from lrprobe.service.upload_formats import (
+from lrprobe.rules.checkpoint_inspection import (
     MAX_SAFETENSORS_ENTRIES,
     MAX_SAFETENSORS_HEADER,
     MAX_SUMMARY_GROUPS,
 )
+from lrprobe.service import lifecycle
+from lrprobe.service.auth_throttle import FailedAuthThrottle
+from lrprobe.service.dashboard.session import SESSION_COOKIE
+from lrprobe.service.models import ApiKey, Job, ModelArtifact
 from tests.reliability.test_hostile_api import _api, problem, stored_nothing, template
 from tests.service.api_support import RunningApi, safetensors_mlp
 from tests.service.test_dashboard import _token, sign_in
@@ -202,12 +202,12 @@ def test_tar_archives_get_the_zip_checks_at_upload(
 @pytest.mark.parametrize("build", [_tar_bomb, _pax_bomb, _tar_duplicates], ids=["expands",
                          "pax-header-bomb", "duplicate-member"])  # fmt: skip
 def test_tar_archives_get_the_zip_checks_in_the_worker(tmp_path: Path, build: object) -> None:
-    from lrprobe.worker.intake.checkpoint_archives import extract_members
-    from lrprobe.worker.intake.errors import IntakeError
+    from lrprobe.rules import RuleError
+    from lrprobe.rules.archives import extract_members
 
     archive = tmp_path / "m.tar.gz"
     archive.write_bytes(build())  # type: ignore[operator]
-    with pytest.raises(IntakeError) as caught:
+    with pytest.raises(RuleError) as caught:
         extract_members(archive, tmp_path / "out", max_bytes=1 << 30, select=set)
     assert caught.value.code == "unsafe_archive", caught.value
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))

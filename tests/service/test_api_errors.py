@@ -107,10 +107,3 @@ def test_the_api_refuses_to_start_off_head_and_readyz_reports_drift(tmp_path: Pa
         migrate.downgrade(url, "base")
         drift = api.client.get("/readyz")
         assert (drift.status_code, drift.json()["checks"]["schema"]) == (503, False)
-
-
-def test_builtin_dataset_names_match_the_worker() -> None:
-    datasets = pytest.importorskip("lrprobe.worker.intake.datasets_builtin")
-    from lrprobe.service.data_refs import BUILTIN_DATASETS
-
-    assert tuple(BUILTIN_DATASETS) == tuple(datasets.BUILTIN_DATASETS)

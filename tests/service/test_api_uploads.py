@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import func, select
 
+from lrprobe.rules.pickle_scan import pickle_globals
 from lrprobe.service.keys import authenticate
 from lrprobe.service.models import DatasetArtifact, ModelArtifact
-from lrprobe.service.upload_formats import _pickle_globals
 from tests.service.api_support import MLP_CONFIG, RunningApi, safetensors_mlp, zip_archive
 
 
@@ -109,8 +109,8 @@ def test_torchscript_and_unknown_files_are_refused_with_their_codes(api: Running
         (b"", "empty.safetensors", 422, "empty_upload"),
         (b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", "t.safetensors", 415,
          "unsupported_checkpoint"),
-        # a checkpoint format, but no tensors: the one unsupported_checkpoint that is not 415
-        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "e.safetensors", 422, "unsupported_checkpoint"),
+        # a safetensors header without tensors: the rulebook's (and the worker's) refusal
+        (b"\x02\x00\x00\x00\x00\x00\x00\x00{}", "e.safetensors", 415, "unsupported_checkpoint"),
         (zip_archive({"archive/archive_format": b"pt2"}), "m.pt2", 422, "pt2_disabled"),
     ]  # fmt: skip
     for content, name, status, code in cases:
@@ -181,4 +181,4 @@ def test_stack_global_names_fetched_from_the_memo_are_seen() -> None:
     crafted = (
         b"\x80\x04\x8c\x08builtins\x94\x8c\x04open\x94\x8c\x05torch\x8c\x04Size0h\x00h\x01\x93."
     )
-    assert ("builtins", "open") in _pickle_globals(crafted)
+    assert ("builtins", "open") in pickle_globals(crafted)

@@ -23,8 +23,8 @@ from lrprobe.service.artifacts import ArtifactStore
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.models import ApiKey, Base, Job, ModelArtifact
 from lrprobe.service.settings import Settings
-from lrprobe.worker.intake.architectures.mlp import MLP, MLPConfig
-from lrprobe.worker.intake.checkpoints import save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
+from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 
 POSTGRES_ADMIN = os.environ.get(
     "LRPROBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"

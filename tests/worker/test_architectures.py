@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from lrprobe.worker.intake.architectures import (
+from lrprobe.worker.intake.checkpoints.architectures import (
     ENTRY_POINT_GROUP,
     GPT,
     ArchitectureSpec,
@@ -22,7 +22,7 @@ from lrprobe.worker.intake.architectures import (
     list_architectures,
     refresh_architectures,
 )
-from lrprobe.worker.intake.checkpoints import load_checkpoint, save_checkpoint
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint, save_checkpoint
 from lrprobe.worker.intake.errors import IntakeError
 
 # name, config, a matching input batch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrprobe.worker.intake.batching import ProbeBatches, derive_seed, holdout_split
-from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.data.batching import ProbeBatches, derive_seed, holdout_split
+from lrprobe.worker.intake.data.dataset import Dataset, build_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from lrprobe.worker.intake.architectures import get_architecture
-from lrprobe.worker.intake.checkpoint_pt2 import pt2_available
-from lrprobe.worker.intake.checkpoints import load_checkpoint, save_checkpoint
+from lrprobe.worker.intake.checkpoints.architectures import get_architecture
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint, save_checkpoint
+from lrprobe.worker.intake.checkpoints.pt2 import pt2_available
 from lrprobe.worker.intake.errors import IntakeError
 
 MLP_CONFIG = {"sizes": [6, 5, 3]}

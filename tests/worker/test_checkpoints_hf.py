@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint
 from lrprobe.worker.intake.errors import IntakeError
 
 transformers = pytest.importorskip("transformers")

@@ -1,7 +1,7 @@
 """torch.export .pt2 intake: benign exports load; archives built to run code are refused.
 
 Each hostile archive is a benign ``torch.export.save`` output with one thing changed, and each
-targets a sink found in torch 2.13's loader (see worker/intake/checkpoint_pt2.py). Where the
+targets a sink found in torch 2.13's loader (see worker/intake/checkpoints/pt2.py). Where the
 payload would run, it would create a marker file; every test checks the marker is absent.
 """
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.checkpoint_pt2 import pt2_available
-from lrprobe.worker.intake.checkpoints import load_checkpoint
+from lrprobe.worker.intake.checkpoints.loading import load_checkpoint
+from lrprobe.worker.intake.checkpoints.pt2 import pt2_available
 from lrprobe.worker.intake.errors import IntakeError
 
 pytestmark = pytest.mark.skipif(not pt2_available(), reason="pt2 intake audited for torch 2.13")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.datasets import open_dataset
-from lrprobe.worker.intake.datasets_builtin import BUILTIN_DATASETS
-from lrprobe.worker.intake.datasets_mnist1d import make_mnist1d, templates
+from lrprobe.rules.data_refs import BUILTIN_DATASETS
+from lrprobe.worker.intake.data.mnist1d import make_mnist1d, templates
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 POLICY = DataPolicy()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrprobe.worker.intake.data_policy import DataPolicy, check_local_path
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.rules.data_refs import check_local_path
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 
@@ -170,7 +171,7 @@ def test_file_reference_naming_another_host_is_refused(policy: DataPolicy) -> No
 
 def test_check_local_path_returns_the_real_path(root: Path, policy: DataPolicy) -> None:
     (root / "a.npz").write_bytes(b"")
-    assert check_local_path(root / "a.npz", policy) == Path(os.path.realpath(root / "a.npz"))
+    assert check_local_path(root / "a.npz", policy.roots) == Path(os.path.realpath(root / "a.npz"))
 
 
 # --- pickles -------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lrprobe.worker.intake import remote_data
-from lrprobe.worker.intake.data_policy import DataPolicy, address_refusal
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.data import remote as remote_data
+from lrprobe.worker.intake.data.policy import DataPolicy, address_refusal
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 # --- network guards --------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lrprobe.worker.intake.data_policy import DataPolicy
-from lrprobe.worker.intake.datasets import open_dataset
+from lrprobe.worker.intake.data.policy import DataPolicy
+from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 pytest.importorskip("s3fs")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.data.dataset import Dataset, build_dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.intake.losses import LOSSES, check_loss, get_loss, model_logits
 

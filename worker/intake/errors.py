@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-class IntakeError(Exception):
-    """A checkpoint or data reference that cannot be used.
+from lrprobe.rules.errors import RuleError
 
-    ``code`` is stable (API clients and the SDK branch on it); ``detail`` is one sentence that
-    says what went wrong *and what to send instead*.
+
+class IntakeError(RuleError):
+    """A checkpoint or data reference that cannot be used, found by the intake itself.
+
+    The torch-free checks it shares with the service (``lrprobe.rules``) raise the parent,
+    :class:`~lrprobe.rules.RuleError`; the intake's entry points (``load_checkpoint``,
+    ``open_dataset``) turn those into this type with :func:`intake_errors`, so the worker, the
+    CLI and the job's error see one type with the rule's code and sentence.
     """
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
-    @property
-    def message(self) -> str:
-        """Deprecated: the same sentence as :attr:`detail`, the name every lrprobe error uses."""
-        return self.detail
+P = ParamSpec("P")
+R = TypeVar("R")
 
-    def __str__(self) -> str:
-        return f"{self.detail} [{self.code}]"
+
+def intake_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Make ``function`` raise the rulebook's refusals as ``IntakeError`` (same code and
+    detail), so callers of the intake catch one type."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except IntakeError:
+            raise
+        except RuleError as refusal:
+            raise IntakeError(refusal.code, refusal.detail) from None
+
+    return wrapper

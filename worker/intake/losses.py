@@ -32,7 +32,7 @@ from functools import wraps
 import torch
 from torch import nn
 
-from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.data.dataset import Dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.newton import losses as _core
 from lrprobe.worker.newton.errors import LossInputError

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrprobe.worker.newton.regroup import apply_rates, split_groups
+from lrprobe.rules.regroup import apply_rates, split_groups
 
 # 0.2: trajectory probe by default (issue 3); 0.3: λ₁ from {0.03, 0.1, 0.3} (issue 11)
 METHOD_VERSION = "gn-probe/0.3"

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lrprobe.worker.intake.dataset import Dataset
+from lrprobe.worker.intake.data.dataset import Dataset
 from lrprobe.worker.intake.errors import IntakeError
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from lrprobe.worker.intake.architectures._registry import ArchitectureSpec
+from lrprobe.worker.intake.checkpoints.architectures._registry import ArchitectureSpec
 
 
 class ResNetConfig(BaseModel):

@@ -5,17 +5,17 @@ validated config, so no user code is needed to reconstruct a model. Deployments 
 through the ``lrprobe.architectures`` entry-point group (see :data:`ENTRY_POINT_GROUP`).
 """
 
-from lrprobe.worker.intake.architectures._registry import (
+from lrprobe.worker.intake.checkpoints.architectures._registry import (
     ENTRY_POINT_GROUP,
     ArchitectureSpec,
     get_architecture,
     list_architectures,
     refresh_architectures,
 )
-from lrprobe.worker.intake.architectures.cnn import CNN, CNN_SPEC, CNNConfig
-from lrprobe.worker.intake.architectures.gpt import GPT, GPT_SPEC, GPTConfig
-from lrprobe.worker.intake.architectures.mlp import MLP, MLP_SPEC, MLPConfig
-from lrprobe.worker.intake.architectures.resnet import RESNET_SPEC, ResNet, ResNetConfig
+from lrprobe.worker.intake.checkpoints.architectures.cnn import CNN, CNN_SPEC, CNNConfig
+from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT, GPT_SPEC, GPTConfig
+from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLP_SPEC, MLPConfig
+from lrprobe.worker.intake.checkpoints.architectures.resnet import RESNET_SPEC, ResNet, ResNetConfig
 
 __all__ = [
     "CNN",

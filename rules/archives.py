@@ -1,4 +1,5 @@
-"""Safe reading of user-supplied zip and tar archives.
+"""Safe reading of user-supplied zip and tar archives: the service lists an uploaded archive
+with these rules, the worker's intake lists it again and extracts it.
 
 Every member name is checked before anything is written: no absolute paths, no ``..``, no
 backslashes or drive letters (they mean something else on another OS), no duplicates (two
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.rules.errors import RuleError
 
 MAX_MEMBERS = 10_000
 """More members than any model folder has; stops archives built to exhaust the file system."""
@@ -48,8 +49,8 @@ class ArchiveMember:
     raw_name: str
 
 
-def _unsafe(message: str) -> IntakeError:
-    return IntakeError(
+def _unsafe(message: str) -> RuleError:
+    return RuleError(
         "unsafe_archive",
         f"{message}; send an archive of plain files with relative paths inside one folder.",
     )
@@ -72,11 +73,11 @@ def safe_member_path(raw_name: str) -> PurePosixPath:
     return path
 
 
-def _check_totals(total: int, count: int, archive_size: int, max_bytes: int) -> None:
+def _check_totals(total: int, count: int, archive_size: int, max_bytes: int | None) -> None:
     if count > MAX_MEMBERS:
         raise _unsafe(f"The archive has more than {MAX_MEMBERS} members")
-    if total > max_bytes:
-        raise IntakeError(
+    if max_bytes is not None and total > max_bytes:
+        raise RuleError(
             "checkpoint_too_large",
             f"The archive expands to more than {max_bytes} bytes; send a smaller model or ask "
             "the operator to raise the size limit.",
@@ -88,8 +89,11 @@ def _check_totals(total: int, count: int, archive_size: int, max_bytes: int) -> 
         )
 
 
-def list_zip_members(zf: zipfile.ZipFile, archive_size: int, max_bytes: int) -> list[ArchiveMember]:
-    """Validate every member of an open zip and return its regular files."""
+def list_zip_members(
+    zf: zipfile.ZipFile, archive_size: int, max_bytes: int | None
+) -> list[ArchiveMember]:
+    """Validate every member of an open zip and return its regular files. ``max_bytes``: the
+    most its files may expand to (``None``: only the expansion ratio is checked)."""
     infos = zf.infolist()
     seen: set[PurePosixPath] = set()
     members: list[ArchiveMember] = []
@@ -121,9 +125,10 @@ def _iter_tar_members(tf: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 def list_tar_members(
-    tf: tarfile.TarFile, archive_size: int, max_bytes: int
+    tf: tarfile.TarFile, archive_size: int, max_bytes: int | None
 ) -> list[tuple[ArchiveMember, tarfile.TarInfo]]:
-    """Validate every member of an open tar and return its regular files.
+    """Validate every member of an open tar and return its regular files (``max_bytes`` as for
+    :func:`list_zip_members`).
 
     Members are read one header at a time and the running totals checked before moving on, so
     a compressed tar that declares huge members is refused before it is decompressed.
@@ -171,7 +176,7 @@ def extract_members(
     that ``select`` picks from the list of regular files into ``dest``.
 
     Raises:
-        IntakeError: ``unsafe_archive``, ``checkpoint_too_large`` or ``unsupported_checkpoint``.
+        RuleError: ``unsafe_archive``, ``checkpoint_too_large`` or ``unsupported_checkpoint``.
     """
     archive_size = archive.stat().st_size
     budget = [max_bytes]
@@ -195,11 +200,11 @@ def extract_members(
                             _copy_capped(src, target_for(member.path), member.size, budget)
                 return sorted(chosen)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise IntakeError(
+            raise RuleError(
                 "unsupported_checkpoint",
                 f"The zip archive is truncated or corrupt ({exc}); send the complete archive.",
             ) from None
-    with _open_tar(archive) as tf:
+    with open_tar(archive) as tf:
         tar_members = list_tar_members(tf, archive_size, max_bytes)
         chosen = select([m.path for m, _ in tar_members])
         for member, info in tar_members:
@@ -268,7 +273,8 @@ def _decompressor(archive: Path) -> Any:
 
 
 @contextmanager
-def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+def open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
+    """``archive`` as a tar, decompressed (gzip, bzip2, xz) through the capped stream."""
     cap = MAX_EXPANSION_RATIO * archive.stat().st_size + _STREAM_SLACK_BYTES
     try:
         with _decompressor(archive)(archive, "rb") as raw:
@@ -276,7 +282,7 @@ def _open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
             with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
                 yield tf
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise IntakeError(
+        raise RuleError(
             "unsupported_checkpoint",
             f"The archive could not be read as a zip or tar, or is truncated ({exc}); send the "
             "complete .zip or .tar.gz of a model folder, or a single .safetensors file.",

@@ -10,7 +10,7 @@ reference sees the same inputs:
   divided by 16 and then standardised with one mean and standard deviation over all pixels;
 - ``builtin://diabetes`` is regression: the target (disease progression) is standardised too,
   float32 of shape ``(N,)``; the others are classification with int64 labels;
-- ``builtin://mnist1d``: see ``datasets_mnist1d``; options ``seed`` (default 42),
+- ``builtin://mnist1d``: see ``mnist1d``; options ``seed`` (default 42),
   ``num_samples`` (default 5000, at most 100000) and ``shape=channels`` for ``(1, 40)``
   signals instead of ``(40,)``.
 """
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrprobe.worker.intake.data_options import DataOptions
-from lrprobe.worker.intake.dataset import Dataset, DatasetKind, build_dataset
-from lrprobe.worker.intake.datasets_mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
-from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.rules.data_refs import check_builtin_name
+from lrprobe.worker.intake.data.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.data.mnist1d import DEFAULT_NUM_SAMPLES, DEFAULT_SEED, make_mnist1d
+from lrprobe.worker.intake.data.options import DataOptions
 
 MAX_MNIST1D_SAMPLES = 100_000
 
@@ -43,17 +43,10 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 }
 _SHAPES: dict[str, tuple[str, ...]] = {"digits": ("flat", "image"), "mnist1d": ("flat", "channels")}
 
-BUILTIN_DATASETS: tuple[str, ...] = tuple(sorted([*_SKLEARN, "mnist1d"]))
-
 
 def load_builtin(name: str, options: DataOptions, *, min_examples: int) -> Dataset:
     """The built-in dataset ``name`` with its documented preprocessing."""
-    if name not in BUILTIN_DATASETS:
-        raise IntakeError(
-            "unknown_builtin_dataset",
-            f"There is no built-in dataset {name!r}; use one of "
-            f"{', '.join('builtin://' + n for n in BUILTIN_DATASETS)}.",
-        )
+    check_builtin_name(name)
     options.check_keys(_OPTIONS.get(name, ()))
     shape = options.choice("shape", _SHAPES.get(name, ("flat",)), "flat")
     if name == "mnist1d":

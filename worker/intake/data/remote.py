@@ -31,13 +31,8 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import httpx
 
-from lrprobe.worker.intake.data_policy import (
-    DataPolicy,
-    Resolver,
-    host_allowed,
-    pin_address,
-    system_resolve,
-)
+from lrprobe.rules.data_refs import check_remote
+from lrprobe.worker.intake.data.policy import DataPolicy, Resolver, pin_address, system_resolve
 from lrprobe.worker.intake.errors import IntakeError
 
 MAX_REDIRECTS = 5
@@ -53,7 +48,7 @@ def fetch_remote(url: str, policy: DataPolicy, *, resolve: Resolver = system_res
     if parts.scheme in ("https", "http"):
         _check_http_url(parts, policy)
     else:
-        _check_bucket_url(parts, policy)
+        check_remote(parts, policy.allowed_hosts)
         endpoint = _s3_endpoint(policy, resolve) if parts.scheme == "s3" else None
         if endpoint is not None:
             options["endpoint_url"] = endpoint
@@ -103,51 +98,7 @@ def _check_http_url(parts: SplitResult, policy: DataPolicy) -> None:
             "Plain http:// data references are refused because the download could be altered on "
             "the way; use https:// instead.",
         )
-    if parts.username is not None or parts.password is not None:
-        raise IntakeError(
-            "invalid_data_ref",
-            "A data reference may not carry credentials; remove the user:password@ part.",
-        )
-    host = parts.hostname
-    if not host:
-        raise IntakeError(
-            "invalid_data_ref",
-            f"{parts.scheme}:// references need a host name, e.g. "
-            f"{parts.scheme}://data.example.com/train.npz.",
-        )
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise IntakeError(
-            "invalid_data_ref", "The port of the data reference is not a number in 0-65535."
-        ) from None
-    if not host_allowed(host, parts.scheme, policy):
-        raise IntakeError(
-            "host_not_allowed",
-            f"The host {host!r} is not on this deployment's data allow-list; ask an operator to "
-            "add it, or upload the dataset instead.",
-        )
-
-
-def _check_bucket_url(parts: SplitResult, policy: DataPolicy) -> None:
-    if not parts.netloc or "@" in parts.netloc or ":" in parts.netloc:
-        raise IntakeError(
-            "invalid_data_ref",
-            f"{parts.scheme}:// references name a bucket and a key, e.g. "
-            f"{parts.scheme}://my-bucket/data/train.parquet.",
-        )
-    if parts.query:
-        raise IntakeError(
-            "invalid_data_ref",
-            f"{parts.scheme}:// references take no query string; put options after '#', e.g. "
-            "#target=label.",
-        )
-    if not host_allowed(parts.netloc, parts.scheme, policy):
-        raise IntakeError(
-            "host_not_allowed",
-            f"The bucket {parts.netloc!r} is not on this deployment's data allow-list; ask an "
-            "operator to add it, or upload the dataset instead.",
-        )
+    check_remote(parts, policy.allowed_hosts)
 
 
 def _s3_endpoint(policy: DataPolicy, resolve: Resolver) -> str | None:

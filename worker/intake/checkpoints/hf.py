@@ -1,8 +1,9 @@
 """Hugging Face model folders: ``config.json`` plus ``*.safetensors``, built by ``transformers``.
 
 The model class comes from the built-in ``transformers`` mapping for the config's
-``model_type``; configs that point at their own code (``auto_map``) are refused before
-``transformers`` is even imported, and ``trust_remote_code=False`` is passed explicitly.
+``model_type``; configs that point at their own code (``auto_map``) are refused by the
+rulebook's :func:`lrprobe.rules.hf_config.parse_config` before ``transformers`` is even
+imported, and ``trust_remote_code=False`` is passed explicitly.
 Weights are read only from safetensors; ``pytorch_model.bin`` (a pickle) is never opened.
 """
 
@@ -20,14 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from lrprobe.rules.hf_config import (
+    CONFIG_NAME,
+    INDEX_NAME,
+    MAX_CONFIG_BYTES,
+    PICKLED_WEIGHTS,
+    parse_config,
+    pickled_weights_only,
+)
+from lrprobe.rules.hf_config import invalid_model as _invalid
 from lrprobe.worker.intake.errors import IntakeError
 
-CONFIG_NAME = "config.json"
-INDEX_NAME = "model.safetensors.index.json"
-_MAX_CONFIG_BYTES = 1 << 20
 _SHARD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}\.safetensors")
-_MODEL_TYPE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-_PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -38,45 +43,6 @@ class HFModel:
     build: Callable[[], nn.Module]
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]
-
-
-def _invalid(message: str) -> IntakeError:
-    return IntakeError(
-        "hf_invalid_model",
-        f"{message}; send a folder saved with save_pretrained(safe_serialization=True) "
-        "(config.json + *.safetensors).",
-    )
-
-
-def select_members(paths: list[PurePosixPath]) -> set[PurePosixPath]:
-    """From an archive's file list, the config, weights and index of the model folder in it.
-
-    The folder is the one holding the shallowest ``config.json``; there must be exactly one.
-    """
-    configs = [p for p in paths if p.name == CONFIG_NAME]
-    if not configs:
-        raise _invalid("The archive has no config.json")
-    depth = min(len(p.parts) for p in configs)
-    top = [p for p in configs if len(p.parts) == depth]
-    if len(top) > 1:
-        raise _invalid("The archive holds several model folders at the same level")
-    root = top[0].parent
-    in_root = [p for p in paths if p.parent == root]
-    if not any(p.name.endswith(".safetensors") for p in in_root) and any(
-        p.name.endswith(_PICKLED_WEIGHTS) for p in in_root
-    ):
-        raise _pickled_weights_only()
-    return {
-        p for p in in_root if p.name in {CONFIG_NAME, INDEX_NAME} or p.name.endswith(".safetensors")
-    }
-
-
-def _pickled_weights_only() -> IntakeError:
-    return IntakeError(
-        "hf_invalid_model",
-        "The model folder has only pickled weights (.bin/.pt), which are never unpickled "
-        "here; re-save it with save_pretrained(safe_serialization=True).",
-    )
 
 
 def find_model_folder(extracted: Path, chosen: list[PurePosixPath]) -> Path:
@@ -94,36 +60,12 @@ def _regular_file(folder: Path, name: str) -> Path:
     return path
 
 
-def _find_key(node: Any, key: str) -> bool:
-    if isinstance(node, dict):
-        return key in node or any(_find_key(v, key) for v in node.values())
-    if isinstance(node, list):
-        return any(_find_key(v, key) for v in node)
-    return False
-
-
 def read_config(folder: Path) -> dict[str, Any]:
     """The validated ``config.json`` of ``folder`` (no ``transformers`` needed)."""
     path = _regular_file(folder, CONFIG_NAME)
-    if path.stat().st_size > _MAX_CONFIG_BYTES:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
         raise _invalid("config.json is larger than 1 MiB")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _invalid("config.json is not valid JSON") from None
-    if not isinstance(config, dict):
-        raise _invalid("config.json is not a JSON object")
-    if _find_key(config, "auto_map"):
-        raise IntakeError(
-            "hf_remote_code_refused",
-            "config.json has an 'auto_map', so the model needs its own Python code, which is "
-            "never run here; send a model whose model_type is built into transformers, or "
-            "safetensors weights for a built-in architecture.",
-        )
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not _MODEL_TYPE.fullmatch(model_type):
-        raise _invalid("config.json has no usable 'model_type'")
-    return config
+    return parse_config(path.read_bytes())
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -142,8 +84,8 @@ def weight_files(folder: Path) -> list[Path]:
         return [_regular_file(folder, name) for name in names]
     shards = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors"))
     if not shards:
-        if any(p.name.endswith(_PICKLED_WEIGHTS) for p in folder.iterdir()):
-            raise _pickled_weights_only()
+        if any(p.name.endswith(PICKLED_WEIGHTS) for p in folder.iterdir()):
+            raise pickled_weights_only()
         raise _invalid("The model folder has no .safetensors weights")
     return [_regular_file(folder, name) for name in shards]
 

@@ -1,7 +1,8 @@
 """Where data may come from: the operator's policy and the checks that enforce it.
 
 Every check here runs *before* a byte is read or a packet is sent: local paths are resolved and
-compared with the configured roots, remote hosts are matched against the allow-list and their
+compared with the configured roots, remote hosts are matched against the allow-list (both by
+the rulebook's :mod:`lrprobe.rules.data_refs`, which the service applies too) and their
 addresses classified (loopback, private, link-local, …) from a literal IP or from one DNS look-up
 whose answer is then the only address the fetch may connect to (no second look-up, so a DNS
 rebinding cannot swap in an internal address between the check and the connection).
@@ -93,65 +94,8 @@ class DataPolicy:
         return self._real_roots
 
 
-def check_local_path(path: Path, policy: DataPolicy) -> Path:
-    """Return the real path of ``path`` if both it and its real path lie under a data root.
-
-    Raises ``data_ref_refused`` for ``..`` components, paths outside the roots and symbolic
-    links that lead out of them.
-    """
-    if not policy.roots:
-        raise IntakeError(
-            "data_ref_refused",
-            "This deployment has no data roots, so file:// references are refused; "
-            "use a builtin://, an allow-listed remote or an uploaded dataset instead.",
-        )
-    if not path.is_absolute() or "\x00" in str(path):
-        raise IntakeError(
-            "invalid_data_ref",
-            "A file:// reference needs an absolute path, e.g. file:///data/x.npz.",
-        )
-    if ".." in path.parts:
-        raise IntakeError(
-            "data_ref_refused",
-            "A file:// path may not contain '..'; name the file by its path under a data root.",
-        )
-    written = Path(os.path.normpath(path))
-    if not any(written.is_relative_to(root) for root in policy.roots):
-        raise IntakeError(
-            "data_ref_refused",
-            f"{written} is outside the data roots; put the data under one of "
-            f"{_roots_text(policy)} and refer to it there.",
-        )
-    real = Path(os.path.realpath(written))
-    if not any(real.is_relative_to(root) for root in policy.real_roots):
-        raise IntakeError(
-            "data_ref_refused",
-            f"{written} is a symbolic link (or lies under one) that leads outside the data roots; "
-            "copy the data under a data root instead of linking to it.",
-        )
-    return real
-
-
 def is_under_real_roots(path: Path, policy: DataPolicy) -> bool:
     return any(path.is_relative_to(root) for root in policy.real_roots)
-
-
-def _roots_text(policy: DataPolicy) -> str:
-    return ", ".join(str(root) for root in policy.roots)
-
-
-def host_allowed(host: str, scheme: str, policy: DataPolicy) -> bool:
-    host = host.lower().rstrip(".")
-    for entry in policy.allowed_hosts:
-        entry_scheme, sep, entry_host = entry.rpartition("://")
-        if sep and entry_scheme != scheme:
-            continue
-        if entry_host.startswith("*."):
-            if host.endswith(entry_host[1:]) and host != entry_host[2:]:
-                return True
-        elif host == entry_host.rstrip("."):
-            return True
-    return False
 
 
 def address_refusal(address: IPAddress, policy: DataPolicy) -> str | None:

@@ -39,8 +39,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from lrprobe.worker.intake.data_options import DataOptions
-from lrprobe.worker.intake.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.data.dataset import Dataset, DatasetKind, build_dataset
+from lrprobe.worker.intake.data.options import DataOptions
 from lrprobe.worker.intake.errors import IntakeError
 
 FORMAT_BY_SUFFIX = {

@@ -81,7 +81,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from lrprobe.worker.intake.checkpoint_archives import list_zip_members
+from lrprobe.rules.archives import list_zip_members
 from lrprobe.worker.intake.errors import IntakeError
 
 AUDITED_TORCH = "2.13"

@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import nn
 
-from lrprobe.worker.intake.architectures._registry import ArchitectureSpec
+from lrprobe.worker.intake.checkpoints.architectures._registry import ArchitectureSpec
 
 
 class CNNConfig(BaseModel):

@@ -1,9 +1,9 @@
 """``open_dataset``: turn a data reference from a job spec into a validated ``Dataset``.
 
-References (see ``data_formats`` for the file formats and their options):
+References (see ``formats`` for the file formats and their options):
 
 - ``builtin://NAME`` — ``breast_cancer``, ``diabetes``, ``digits`` (``?shape=image`` for
-  ``1×8×8`` images), ``iris``, ``wine``, ``mnist1d`` (see ``datasets_builtin``);
+  ``1×8×8`` images), ``iris``, ``wine``, ``mnist1d`` (see ``builtin``);
 - ``file:///ABS/PATH`` — a file or an image folder under one of the policy's data roots, by its
   written path and by its real path; ``..`` is refused; options go in the query
   (``file:///data/t.csv?target=label``);
@@ -25,28 +25,28 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, unquote
 
-from lrprobe.worker.intake.data_formats import ReadRequest, format_for, read_data_file
-from lrprobe.worker.intake.data_images import read_image_folder
-from lrprobe.worker.intake.data_options import DataOptions, parse_options
-from lrprobe.worker.intake.data_policy import (
+from lrprobe.rules.data_refs import builtin_name, check_local_path, file_path, split_reference
+from lrprobe.worker.intake.data.builtin import load_builtin
+from lrprobe.worker.intake.data.dataset import MIN_EXAMPLES, Dataset
+from lrprobe.worker.intake.data.formats import ReadRequest, format_for, read_data_file
+from lrprobe.worker.intake.data.images import read_image_folder
+from lrprobe.worker.intake.data.options import DataOptions, parse_options
+from lrprobe.worker.intake.data.policy import (
     DataPolicy,
     Resolver,
-    check_local_path,
     is_under_real_roots,
     system_resolve,
 )
-from lrprobe.worker.intake.dataset import MIN_EXAMPLES, Dataset
-from lrprobe.worker.intake.datasets_builtin import load_builtin
-from lrprobe.worker.intake.errors import IntakeError
-from lrprobe.worker.intake.remote_data import fetch_remote
+from lrprobe.worker.intake.data.remote import fetch_remote
+from lrprobe.worker.intake.errors import IntakeError, intake_errors
 
 SCHEMES = ("builtin", "file", "https", "http", "s3", "gs")
 REMOTE_SCHEMES = ("https", "http", "s3", "gs")
-MAX_REFERENCE_LENGTH = 4096
 
 
+@intake_errors
 def open_dataset(
     uri: str,
     policy: DataPolicy,
@@ -64,14 +64,9 @@ def open_dataset(
     Raises ``IntakeError`` for every reference or data problem; nothing else escapes for bad
     input.
     """
-    parts = _split(uri)
+    parts = split_reference(uri, SCHEMES)
     if parts.scheme == "builtin":
-        if parts.path not in ("", "/"):
-            raise IntakeError(
-                "invalid_data_ref",
-                "A built-in dataset is named by builtin://NAME alone, e.g. builtin://digits.",
-            )
-        name = parts.netloc.lower()
+        name = builtin_name(parts)
         options = DataOptions(f"builtin://{name}", parse_options(parts.query, parts.fragment))
         return load_builtin(name, options, min_examples=min_examples)
     if parts.scheme == "file":
@@ -79,59 +74,11 @@ def open_dataset(
     return _open_remote(parts, policy, block_size, min_examples, resolve)
 
 
-def _split(uri: str) -> SplitResult:
-    if not isinstance(uri, str) or not uri:
-        raise IntakeError("invalid_data_ref", "The data reference is empty; send a URI.")
-    if len(uri) > MAX_REFERENCE_LENGTH:
-        raise IntakeError(
-            "invalid_data_ref",
-            f"The data reference is longer than {MAX_REFERENCE_LENGTH} characters; shorten it.",
-        )
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in uri) or uri != uri.strip():
-        raise IntakeError(
-            "invalid_data_ref",
-            "The data reference contains spaces at its ends or control characters; send the "
-            "URI alone.",
-        )
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        raise IntakeError("invalid_data_ref", "The data reference is not a valid URI.") from None
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        known = ", ".join(s + "://" for s in SCHEMES)
-        if not scheme or len(scheme) == 1:  # a bare path, or a Windows drive letter
-            problem = f"{uri[:40]!r} is a bare path, not a data reference"
-        else:
-            problem = f"Data references with the scheme {scheme + ':'!r} are not supported"
-        raise IntakeError(
-            "unsupported_data_scheme",
-            f"{problem}; use one of {known} (a file as file:///ABSOLUTE/PATH under a data root).",
-        )
-    if not uri[len(scheme) + 1 :].startswith("//"):
-        raise IntakeError(
-            "invalid_data_ref",
-            f"A {scheme} reference starts with '{scheme}://' (two slashes); rewrite it so.",
-        )
-    return parts._replace(scheme=scheme)
-
-
 def _open_file(
     parts: SplitResult, policy: DataPolicy, block_size: int | None, min_examples: int
 ) -> Dataset:
-    if parts.netloc not in ("", "localhost"):
-        raise IntakeError(
-            "invalid_data_ref",
-            f"file:// references name a path on the worker, not the host {parts.netloc!r}; "
-            "write file:///ABSOLUTE/PATH.",
-        )
-    try:
-        path = Path(unquote(parts.path, errors="strict"))
-    except UnicodeDecodeError:
-        raise IntakeError(
-            "invalid_data_ref", "The file:// path has percent-escapes that are not UTF-8."
-        ) from None
-    real = check_local_path(path, policy)
+    path = file_path(parts)
+    real = check_local_path(path, policy.roots)
     options = DataOptions(path.name or str(path), parse_options(parts.query, parts.fragment))
     request = ReadRequest(
         name=path.name or str(path),

@@ -7,7 +7,7 @@ The format is read from the content (magic bytes, zip member names), never from 
   and required to be a flat ``{str: Tensor}``; module from the registry.
 - ``hf``: folder, zip or tar with ``config.json`` + safetensors; module from ``transformers``.
 - ``pt2``: ``torch.export`` archive, only when enabled and after the pre-scan of
-  :mod:`lrprobe.worker.intake.checkpoint_pt2`; module is the exported graph.
+  :mod:`lrprobe.worker.intake.checkpoints.pt2`; module is the exported graph.
 
 Registry and ``transformers`` modules are first built on the meta device and checked against
 the weights (names, shapes, total size), so a config that asks for a huge model is refused
@@ -34,7 +34,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,30 +43,31 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lrprobe.worker.intake.architectures import ArchitectureSpec, get_architecture
-from lrprobe.worker.intake.checkpoint_archives import extract_members, list_zip_members
-from lrprobe.worker.intake.checkpoint_hf import (
-    CONFIG_NAME,
-    find_model_folder,
-    load_hf_folder,
-    select_members,
+from lrprobe.rules.archives import extract_members, list_zip_members
+from lrprobe.rules.checkpoint_formats import (
+    ARCH_METADATA_KEY,
+    CONFIG_METADATA_KEY,
+    admitted_zip_kind,
+    arch_required,
+    check_no_arch,
+    file_kind,
+    pickle_refused,
+    unsupported,
 )
-from lrprobe.worker.intake.checkpoint_pt2 import load_pt2
-from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.rules.hf_config import select_members
+from lrprobe.worker.intake.checkpoints.architectures import ArchitectureSpec, get_architecture
+from lrprobe.worker.intake.checkpoints.hf import find_model_folder, load_hf_folder
+from lrprobe.worker.intake.checkpoints.pt2 import load_pt2
+from lrprobe.worker.intake.errors import IntakeError, intake_errors
 from lrprobe.worker.newton import Group, partition
 
 CheckpointFormat = Literal["safetensors", "torch_state_dict", "hf", "pt2"]
 
-ARCH_METADATA_KEY = "lrprobe.arch"
-CONFIG_METADATA_KEY = "lrprobe.arch_config"
-
 DEFAULT_MAX_BYTES = 8 << 30
 """Cap used when the caller gives none: archives need one against bombs in any case."""
 
-_MAX_SAFETENSORS_HEADER = 100 << 20
 _BUILD_SLACK_BYTES = 256 << 20
 _MAX_REPORTED_PROBLEMS = 5
-_SAFE_FORMATS = "a .safetensors state dict with an architecture name"
 
 
 @dataclass
@@ -89,6 +90,7 @@ class LoadedModel:
     partition: list[Group] = field(repr=False)
 
 
+@intake_errors
 def load_checkpoint(
     path: str | os.PathLike[str],
     arch: str | None = None,
@@ -109,7 +111,7 @@ def load_checkpoint(
         max_bytes: size cap for the file, the folder's weights, or an archive's contents
             (default :data:`DEFAULT_MAX_BYTES`).
         allow_pt2: accept ``torch.export`` archives (off by default: see
-            :mod:`lrprobe.worker.intake.checkpoint_pt2` for the residual risk).
+            :mod:`lrprobe.worker.intake.checkpoints.pt2` for the residual risk).
 
     Raises:
         IntakeError: with a stable code and a sentence saying what to send instead.
@@ -117,7 +119,7 @@ def load_checkpoint(
     source = Path(path)
     cap = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     if source.is_dir():
-        _no_arch_for("a Hugging Face model folder", arch, arch_config)
+        check_no_arch("a Hugging Face model folder", arch, arch_config)
         return _load_hf(source, cap)
     if not source.is_file():
         raise IntakeError(
@@ -128,20 +130,17 @@ def load_checkpoint(
     size = source.stat().st_size
     _check_size(size, cap)
     if size == 0:
-        raise _unsupported("The checkpoint file is empty")
+        raise unsupported("The checkpoint file is empty")
     with source.open("rb") as f:
         head = f.read(512)
 
-    if _looks_like_safetensors(head):
+    kind = file_kind(head)
+    if kind == "safetensors":
         return _load_safetensors(source, arch, arch_config)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    if kind == "zip":
         return _load_zip(source, cap, arch, arch_config, allow_pt2)
-    if _looks_like_tar(head):
-        _no_arch_for("a Hugging Face model archive", arch, arch_config)
-        return _load_hf_archive(source, cap)
-    if head[:1] == b"\x80" and head[1:2] in {bytes([v]) for v in range(2, 6)}:
-        raise _pickle_refused("The file is a raw pickle stream (or a legacy torch.save file)")
-    raise _unsupported("The file is not a format lrprobe reads")
+    check_no_arch("a Hugging Face model archive", arch, arch_config)
+    return _load_hf_archive(source, cap)
 
 
 def save_checkpoint(
@@ -185,43 +184,6 @@ def _check_size(size: int, cap: int) -> None:
         )
 
 
-def _unsupported(reason: str) -> IntakeError:
-    return IntakeError(
-        "unsupported_checkpoint",
-        f"{reason}; send {_SAFE_FORMATS}, a Hugging Face folder (config.json + safetensors), "
-        "or a plain state dict saved with torch.save(model.state_dict()).",
-    )
-
-
-def _pickle_refused(reason: str) -> IntakeError:
-    return IntakeError(
-        "pickle_refused",
-        f"{reason}, and pickles can run code when loaded, so it was not opened; save "
-        "model.state_dict() with safetensors.torch.save_file (or lrprobe's save_checkpoint) "
-        "and send that with the architecture name.",
-    )
-
-
-def _no_arch_for(what: str, arch: str | None, arch_config: object) -> None:
-    if arch is not None or arch_config is not None:
-        raise IntakeError(
-            "arch_not_applicable",
-            f"The checkpoint is {what}, which carries its own architecture; send it without "
-            "arch and arch_config.",
-        )
-
-
-def _looks_like_safetensors(head: bytes) -> bool:
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    header_len = int.from_bytes(head[:8], "little")
-    return 2 <= header_len <= _MAX_SAFETENSORS_HEADER
-
-
-def _looks_like_tar(head: bytes) -> bool:
-    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
-
-
 # --- safetensors and torch state dicts -----------------------------------------------------
 
 
@@ -240,7 +202,7 @@ def _load_safetensors(
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         if _out_of_memory(exc):  # a process memory cap refuses the mmap: not the file's fault
             raise MemoryError(str(exc)) from None
-        raise _unsupported(f"The safetensors file is truncated or corrupt ({exc})") from None
+        raise unsupported(f"The safetensors file is truncated or corrupt ({exc})") from None
     meta_arch = metadata.get(ARCH_METADATA_KEY)
     meta_config: dict[str, Any] | None = None
     raw_config = metadata.get(CONFIG_METADATA_KEY)
@@ -264,19 +226,19 @@ def _load_torch_state_dict(
     source: Path, arch: str | None, arch_config: Mapping[str, Any] | BaseModel | None
 ) -> LoadedModel:
     if torch.__version__ < "2.6":  # pragma: no cover - the worker pins a newer torch
-        raise _pickle_refused("This worker's torch predates the weights_only fixes of 2.6")
+        raise pickle_refused("This worker's torch predates the weights_only fixes of 2.6")
     try:
         # Explicit weights_only=True: torch's restricted unpickler, tensors and containers only.
         # A file object, not a path: torch.load picks a loader by extension for paths.
         with source.open("rb") as f:
             loaded = torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError:
-        raise _pickle_refused(
+        raise pickle_refused(
             "The file holds pickled objects other than tensors (for example a whole module "
             "saved with torch.save(model))"
         ) from None
     except Exception as exc:
-        raise _unsupported(f"The torch.save file is truncated or corrupt ({exc})") from None
+        raise unsupported(f"The torch.save file is truncated or corrupt ({exc})") from None
     if not isinstance(loaded, Mapping):
         raise IntakeError(
             "not_a_state_dict",
@@ -304,11 +266,7 @@ def _load_into_registry(
     fmt: CheckpointFormat,
 ) -> LoadedModel:
     if arch is None:
-        raise IntakeError(
-            "arch_required",
-            "A state dict holds only weights, and no architecture was given or stored in the "
-            "file's metadata; send the architecture name (and its config) with the weights.",
-        )
+        raise arch_required("and its config")
     spec = get_architecture(arch)
     validated = spec.validate_config(config)
     model = _build_and_load(lambda: spec.build(validated), state, _label(spec, validated))
@@ -488,32 +446,13 @@ def _load_zip(
         with zipfile.ZipFile(source) as zf:
             members = list_zip_members(zf, source.stat().st_size, cap)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError):
-        raise _unsupported("The zip archive is truncated or corrupt") from None
-    paths = [m.path for m in members]
-    inner = {PurePosixPath(*p.parts[1:]) for p in paths if len(p.parts) > 1}
-    inner_names = {str(p) for p in inner}
-    if "constants.pkl" in inner_names or any(p.parts[0] == "code" for p in inner):
-        raise IntakeError(
-            "torchscript_refused",
-            "The file is a TorchScript archive, whose code would run when loaded; send "
-            f"{_SAFE_FORMATS} (or a torch.export .pt2 where the operator enables it).",
-        )
-    if "archive_format" in inner_names or "models/model.json" in inner_names:
-        _no_arch_for("a torch.export archive", arch, arch_config)
-        if not allow_pt2:
-            raise IntakeError(
-                "pt2_disabled",
-                "torch.export .pt2 archives are not accepted on this deployment; send "
-                f"{_SAFE_FORMATS}.",
-            )
-        model = load_pt2(source, cap)
-        return _finish(model, None, {}, "pt2")
-    if "data.pkl" in inner_names:
+        raise unsupported("The zip archive is truncated or corrupt") from None
+    kind = admitted_zip_kind((m.raw_name for m in members), arch, arch_config, allow_pt2=allow_pt2)
+    if kind == "pt2":
+        return _finish(load_pt2(source, cap), None, {}, "pt2")
+    if kind == "torch_state_dict":
         return _load_torch_state_dict(source, arch, arch_config)
-    if any(p.name == CONFIG_NAME for p in paths):
-        _no_arch_for("a Hugging Face model archive", arch, arch_config)
-        return _load_hf_archive(source, cap)
-    raise _unsupported("The zip archive is neither a model folder nor a torch.save file")
+    return _load_hf_archive(source, cap)
 
 
 def _load_hf(folder: Path, cap: int) -> LoadedModel:

@@ -20,8 +20,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from lrprobe.worker.intake.data_formats import ReadRequest
-from lrprobe.worker.intake.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.data.dataset import Dataset, build_dataset
+from lrprobe.worker.intake.data.formats import ReadRequest
 from lrprobe.worker.intake.errors import IntakeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

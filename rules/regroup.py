@@ -2,9 +2,12 @@
 keep every other hyperparameter, and keep its learning-rate schedule running.
 
 Pure Python over ``torch.optim``'s data shapes (``param_groups`` dicts, scheduler lists), so it
-needs no torch import. The SDK holds an identical copy (``lrprobe.client._regroup``): the SDK
-imports nothing else of ours and the numeric core imports torch only;
-``tests/client/test_regroup.py`` runs both copies on the same cases.
+needs no torch import. Both the SDK (``Recommendation.param_groups``) and the numeric core
+(``ProbeResult``) use it, and neither may import the other: the SDK must stay torch-free
+(importing ``lrprobe.worker.newton`` imports torch) and the numeric core must not depend on
+the SDK's pydantic and httpx (importing ``lrprobe.client`` imports both). The torch-free,
+dependency-free rulebook package is the one place both are allowed to import (import-linter
+holds it to importing nothing of ours), so the single copy lives here.
 """
 
 from __future__ import annotations

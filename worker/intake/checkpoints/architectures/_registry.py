@@ -80,10 +80,10 @@ def _describe_errors(exc: ValidationError, limit: int = 3) -> str:
 
 
 def _builtin_specs() -> dict[str, ArchitectureSpec[Any]]:
-    from lrprobe.worker.intake.architectures.cnn import CNN_SPEC
-    from lrprobe.worker.intake.architectures.gpt import GPT_SPEC
-    from lrprobe.worker.intake.architectures.mlp import MLP_SPEC
-    from lrprobe.worker.intake.architectures.resnet import RESNET_SPEC
+    from lrprobe.worker.intake.checkpoints.architectures.cnn import CNN_SPEC
+    from lrprobe.worker.intake.checkpoints.architectures.gpt import GPT_SPEC
+    from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP_SPEC
+    from lrprobe.worker.intake.checkpoints.architectures.resnet import RESNET_SPEC
 
     return {spec.name: spec for spec in (MLP_SPEC, CNN_SPEC, RESNET_SPEC, GPT_SPEC)}
 
