@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp, database_url=f"{base}/{name}",
         broker_url=f"{args.redis}/{random.randrange(1, 16)}", rate_limit_per_minute=10**9,
-        queue=queue,
+        max_streams_per_key=max(args.streams, 1), queue=queue,
     )  # fmt: skip
     try:
         migrate.upgrade(settings.resolved_database_url)

@@ -13,6 +13,11 @@ import typer
 from lrprobe.cli.errors import fail
 from lrprobe.cli.extras import has_extra, missing_modules, require_extra
 
+# On SIGTERM or Ctrl-C, how long uvicorn waits for open responses before cancelling them: an
+# event stream lasts as long as its job, and stopping must not wait for that (Docker sends
+# SIGKILL 10 s after SIGTERM, which would skip the lifespan's cleanup).
+SHUTDOWN_GRACE_SECONDS = 5.0
+
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     sys.exit(0)
@@ -118,7 +123,10 @@ def serve_command(
     # SystemExit lets the finally below stop the worker and reaper instead of orphaning them.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        uvicorn.run(create_app(settings), host=host, port=port)
+        uvicorn.run(
+            create_app(settings), host=host, port=port,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        )  # fmt: skip
     finally:
         if background is not None:
             background.stop()

@@ -58,7 +58,8 @@ class Conflict(LrprobeError):
 
 
 class RateLimited(LrprobeError):
-    """Too many requests for this key (429); retry after ``retry_after`` seconds."""
+    """Too many requests, or open event streams, for this key (429); retry after
+    ``retry_after`` seconds."""
 
     def __init__(
         self,
@@ -137,7 +138,7 @@ _FAMILIES: dict[type[LrprobeError], tuple[str, ...]] = {
         "key_not_found",
     ),
     Conflict: ("conflict", "idempotency_conflict", "job_not_finished", "job_finished"),
-    RateLimited: ("rate_limited",),
+    RateLimited: ("rate_limited", "too_many_streams"),
     ServerError: ("internal_error", "service_unavailable", "broker_unavailable"),
 }
 

@@ -22,8 +22,11 @@ def stream_headers() -> dict[str, str]:
 
 def unusable_stream(error: LrprobeError) -> Exception:
     """What an error answer to the stream request means: errors about the job or the key are
-    the caller's; a server or a proxy that cannot stream means: poll."""
-    if isinstance(error, ServerError) or error.code in ("not_found", "method_not_allowed"):
+    the caller's; a server or a proxy that cannot stream, or a key that holds all the streams
+    it may (``too_many_streams``), means: poll."""
+    if isinstance(error, ServerError) or error.code in (
+        "not_found", "method_not_allowed", "too_many_streams",
+    ):  # fmt: skip
         return StreamUnavailable()
     if error.code.startswith("http_"):
         return StreamUnavailable()

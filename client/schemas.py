@@ -36,6 +36,7 @@ PROBLEM_CODES: tuple[str, ...] = (
     "admin_required",
     "csrf_failed",  # the dashboard's error page: a form without a valid CSRF token
     "rate_limited",
+    "too_many_streams",  # GET /v1/jobs/{id}/events: the key holds its cap of open streams
     "service_unavailable",
     "broker_unavailable",  # POST /v1/jobs while the job queue fails its round trip
     "internal_error",

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lrprobe.service import migrate
 from lrprobe.service.artifacts import ArtifactStore
-from lrprobe.service.auth_throttle import FailedAuthThrottle
+from lrprobe.service.auth_throttle import auth_throttle_for
 from lrprobe.service.dashboard import router as dashboard_router
 from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
 from lrprobe.service.deps import Services
@@ -41,6 +41,7 @@ from lrprobe.service.request_limits import RequestLimitsMiddleware
 from lrprobe.service.routes import docs, health, jobs, keys, uploads
 from lrprobe.service.security_headers import SecurityHeadersMiddleware
 from lrprobe.service.settings import Settings
+from lrprobe.service.stream_limit import stream_limit_for
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
         redis_url = settings.resolved_redis_url
         notifier = notifier_for(redis_url)
         limiter = rate_limiter_for(settings.rate_limit_per_minute, redis_url)
+        throttle = auth_throttle_for(settings.sign_in_failures_per_minute, redis_url)
+        streams = stream_limit_for(settings.max_streams_per_key, redis_url)
         principals = PrincipalCache(settings.auth_cache_seconds)
         own_queue = None
         hub = None
@@ -81,6 +84,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 on_reconnect=principals.clear,
             )  # fmt: skip
             await hub.start()
+            await streams.start()
             upload_dir = (settings.data_dir / "tmp").resolve()
             upload_dir.mkdir(parents=True, exist_ok=True)
             if queue is None:
@@ -100,7 +104,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 metrics=metrics,
                 schema_heads=heads,
                 upload_dir=upload_dir,
-                throttle=FailedAuthThrottle(settings.sign_in_failures_per_minute),
+                throttle=throttle,
+                streams=streams,
             )
             metrics.watch_jobs(sessions)
             yield
@@ -109,6 +114,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             if hub is not None:
                 await hub.stop()
             await limiter.close()
+            await throttle.close()
+            await streams.close()
             if notifier is not None:
                 notifier.close()
             if own_queue is not None:

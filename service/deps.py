@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from lrprobe.service.artifacts import ArtifactStore
-from lrprobe.service.auth_throttle import FailedAuthThrottle, client_address
+from lrprobe.service.auth_throttle import AuthThrottle, client_address
 from lrprobe.service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
 from lrprobe.service.events import EventHub
 from lrprobe.service.keys import Principal, authenticate_hash, hash_secret
@@ -22,6 +22,7 @@ from lrprobe.service.principals import PrincipalCache
 from lrprobe.service.queue import JobQueue
 from lrprobe.service.ratelimit import RateLimiter
 from lrprobe.service.settings import Settings
+from lrprobe.service.stream_limit import StreamLimit
 
 
 @dataclass
@@ -42,7 +43,8 @@ class Services:
     metrics: Metrics
     schema_heads: frozenset[str]
     upload_dir: Path
-    throttle: FailedAuthThrottle
+    throttle: AuthThrottle
+    streams: StreamLimit
 
 
 # The dependencies below are ``async`` although they never wait: FastAPI runs a plain ``def``
@@ -75,9 +77,9 @@ _bearer = HTTPBearer(auto_error=False, description="An lrprobe API key (lrp_…)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def throttled(services: Services, address: str) -> None:
+async def throttled(services: Services, address: str) -> None:
     """Refuse an address that failed to authenticate too often (429 + Retry-After)."""
-    wait = services.throttle.wait(address)
+    wait = await services.throttle.wait(address)
     if wait is not None:
         raise RateLimitedError(
             f"Too many failed sign-ins or unknown API keys from this address; retry in {wait} s.",
@@ -92,14 +94,16 @@ async def current_key(
         raise UnauthorizedError(
             "This endpoint needs an API key: send the header Authorization: Bearer <key>."
         )
-    address = client_address(request.client)
-    throttled(services, address)
     digest = hash_secret(credentials.credentials)
     principal = services.principals.get(digest)
     if principal is None:
+        # Only lookups are throttled: a key authenticated a moment ago proves itself, and
+        # checking every request would cost a round trip to Redis each.
+        address = client_address(request.client)
+        await throttled(services, address)
         principal = await run_in_threadpool(authenticate_hash, services.reads, digest)
         if principal is None:
-            services.throttle.failed(address)
+            await services.throttle.failed(address)
             raise UnauthorizedError(
                 "The API key is unknown or revoked; ask an admin for a new one."
             )

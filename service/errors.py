@@ -145,6 +145,10 @@ class RateLimitedError(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class TooManyStreamsError(RateLimitedError):
+    code = "too_many_streams"
+
+
 class ServiceUnavailableError(ServiceError):
     status = 503
     code = "service_unavailable"

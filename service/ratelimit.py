@@ -74,15 +74,11 @@ class RedisRateLimiter:
         self, per_minute: int, redis_url: str, clock: Callable[[], float] = time.monotonic
     ) -> None:
         from limits import RateLimitItemPerMinute
-        from limits.aio.storage import RedisStorage
         from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-        scheme, rest = redis_url.split("://", 1)
         self.per_minute = max(per_minute, 1)
         self.item = RateLimitItemPerMinute(self.per_minute, namespace=self.NAMESPACE)
-        self.storage: Any = RedisStorage(
-            f"async+{scheme}://{rest}", implementation="redispy", socket_connect_timeout=2.0
-        )
+        self.storage = limits_storage(redis_url)
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.block = max(1, min(self.MAX_BLOCK, self.per_minute // 120))
         self.clock = clock
@@ -114,8 +110,22 @@ class RedisRateLimiter:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def close(self) -> None:
-        # limits keeps a redis-py asyncio pool: close it in this event loop.
-        await self.storage.bridge.storage.aclose()
+        await close_limits_storage(self.storage)
+
+
+def limits_storage(redis_url: str) -> Any:
+    """A ``limits`` asyncio storage on ``redis_url`` (its database number included)."""
+    from limits.aio.storage import RedisStorage
+
+    scheme, rest = redis_url.split("://", 1)
+    return RedisStorage(
+        f"async+{scheme}://{rest}", implementation="redispy", socket_connect_timeout=2.0
+    )
+
+
+async def close_limits_storage(storage: Any) -> None:
+    # limits keeps a redis-py asyncio pool: close it in this event loop.
+    await storage.bridge.storage.aclose()
 
 
 def rate_limiter_for(per_minute: int, redis_url: str | None) -> RateLimiter:

@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="Redis for the event channel (job events reach open streams without "
-        "polling) and the per-key rate limit shared by all API replicas; default: the broker "
-        "URL when it is a redis:// URL, else none (the embedded mode).",
+        "polling) and the limits shared by all API replicas (requests and open event streams "
+        "per key, failed authentications per address); default: the broker URL when it is a "
+        "redis:// URL, else none (the embedded mode).",
     )
     artifact_url: str | None = Field(
         None,
@@ -79,7 +80,15 @@ class Settings(BaseSettings):
         10,
         ge=1,
         description="Failed dashboard sign-ins and unknown API keys allowed per client address "
-        "and minute (429 with Retry-After beyond).",
+        "and minute, across all API replicas when Redis is configured (429 with Retry-After "
+        "beyond).",
+    )
+    max_streams_per_key: int = Field(
+        20,
+        ge=1,
+        description="Event streams (GET /v1/jobs/{id}/events as text/event-stream) one API key "
+        "may hold open at once, across all API replicas when Redis is configured (429 "
+        "too_many_streams with Retry-After beyond; the SDK then polls).",
     )
     allow_pt2: bool = Field(
         False,

@@ -230,12 +230,12 @@ async def sign_in(request: Request, services: ServicesDep) -> Response:
             request, services, next_url, "The sign-in form expired; try again.", 403
         )
     address = client_address(request.client)
-    throttled(services, address)
+    await throttled(services, address)
     principal = await run_in_threadpool(
         keys.authenticate, services.sessions, fields.get("api_key", "").strip()
     )
     if principal is None:
-        services.throttle.failed(address)
+        await services.throttle.failed(address)
         return _sign_in_page(
             request, services, next_url,
             "That API key is unknown or revoked. Paste the whole key (it starts with lrp_); "

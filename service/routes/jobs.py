@@ -7,9 +7,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from lrprobe.client.schemas import (
     JobCreate,
@@ -21,10 +23,11 @@ from lrprobe.client.schemas import (
 )
 from lrprobe.service import jobs
 from lrprobe.service.deps import CurrentKey, ReadsDep, ServicesDep, SessionsDep
-from lrprobe.service.errors import UnprocessableError
+from lrprobe.service.errors import TooManyStreamsError, UnprocessableError
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
 from lrprobe.service.routes import problems
+from lrprobe.service.stream_limit import RETRY_AFTER_SECONDS, StreamLimit, StreamSlot
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -124,7 +127,7 @@ def cancel_job(job_id: str, sessions: SessionsDep, key: CurrentKey) -> JobOut:
     response_model=JobEventList,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Events (SSE or JSON)"},
-        **problems(401, 404),
+        **problems(401, 404, 422, 429),
     },
 )
 async def job_events(
@@ -138,19 +141,57 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
 ) -> Any:
     """Progress and status events. With ``Accept: text/event-stream``: server-sent events
-    that resume after ``Last-Event-ID`` and end when the job is final. Otherwise (the polling
-    fallback): a JSON list of the events after ``?after=``."""
+    that resume after ``Last-Event-ID`` and end when the job is final; a key may hold
+    ``LRPROBE_MAX_STREAMS_PER_KEY`` streams open at once (429 ``too_many_streams`` beyond).
+    Otherwise (the polling fallback): a JSON list of the events after ``?after=``."""
     first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, after)
     if "text/event-stream" not in request.headers.get("accept", ""):
         return first
     start = _resume_from(last_event_id, after)
     if start != after:
         first = await run_in_threadpool(jobs.list_events, services.reads, key, job_id, start)
-    return StreamingResponse(
+    slot = await services.streams.acquire(key.id)
+    if slot is None:
+        raise TooManyStreamsError(
+            f"This key already holds {services.streams.max_per_key} open event streams, its "
+            f"limit; close one, or poll this route without Accept: text/event-stream. Retry in "
+            f"{RETRY_AFTER_SECONDS} s.",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
+    return _SlotStream(
         _stream(services, key, job_id, first, start),
+        services.streams,
+        slot,
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # no-store as on every API answer (events carry results); no buffering in nginx
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+class _SlotStream(StreamingResponse):
+    """A stream that gives its slot back however it ends: the job final, the client gone, or
+    the server cancelling it at shutdown."""
+
+    def __init__(
+        self, content: AsyncIterator[str], streams: StreamLimit, slot: StreamSlot, **kwargs: Any
+    ) -> None:
+        super().__init__(self._released_at_end(content), **kwargs)
+        self.streams = streams
+        self.slot = slot
+
+    async def _released_at_end(self, content: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for chunk in content:
+            yield chunk
+        # Before the response completes: its client may open the next stream at once.
+        await self.streams.release(self.slot)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: a cancelled stream must still reach Redis to give its slot back.
+            with anyio.CancelScope(shield=True):
+                await self.streams.release(self.slot)
 
 
 def _resume_from(last_event_id: str | None, after: int) -> int:

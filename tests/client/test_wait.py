@@ -94,7 +94,12 @@ def test_a_stream_that_breaks_is_resumed_by_polling_after_its_last_event(
     assert polled == ["5"]
 
 
-@pytest.mark.parametrize("answer", [problem(502, "http_502"), problem(404, "not_found")])
+@pytest.mark.parametrize(
+    "answer",
+    [problem(502, "http_502"), problem(404, "not_found"),
+     problem(429, "too_many_streams", **{"Retry-After": "10"})],
+    ids=["proxy", "no-stream-route", "key-holds-all-its-streams"],
+)  # fmt: skip
 def test_a_server_or_proxy_that_cannot_stream_means_polling(
     api: FakeApi, answer: httpx.Response
 ) -> None:

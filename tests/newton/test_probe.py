@@ -390,7 +390,7 @@ def test_notes_name_every_raised_flag_and_no_other(method: str) -> None:
 
 
 def test_low_snr_compares_the_mean_slope_with_its_standard_error() -> None:
-    from lrprobe.worker.newton.probe import _low_snr
+    from lrprobe.worker.newton.report import _low_snr
 
     # One batch's slope spread 1.0 around a mean of 0.5: alone, noise; averaged over 40
     # evaluations the mean is 3.2 standard errors from zero.
@@ -420,7 +420,7 @@ def test_shrink_moves_each_rate_toward_the_single_group_rate() -> None:
 def test_a_wide_spread_of_per_layer_rates_is_noted_with_the_single_group_rate() -> None:
     from dataclasses import replace
 
-    from lrprobe.worker.newton.probe import WIDE_SPREAD, _spread_note
+    from lrprobe.worker.newton.trajectory import WIDE_SPREAD, _spread_note
 
     x, y = _data()
     groups = _quick(_mlp(), x, y).groups

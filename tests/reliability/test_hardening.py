@@ -524,14 +524,14 @@ def test_the_throttle_is_per_address_and_refills() -> None:
     now = [0.0]
     throttle = FailedAuthThrottle(2, clock=lambda: now[0], max_addresses=3)
     for _ in range(2):
-        assert throttle.wait("10.0.0.1") is None
-        throttle.failed("10.0.0.1")
-    assert throttle.wait("10.0.0.1") == 30
-    assert throttle.wait("10.0.0.2") is None
+        assert throttle.wait_now("10.0.0.1") is None
+        throttle.failed_now("10.0.0.1")
+    assert throttle.wait_now("10.0.0.1") == 30
+    assert throttle.wait_now("10.0.0.2") is None
     now[0] = 30.0
-    assert throttle.wait("10.0.0.1") is None
+    assert throttle.wait_now("10.0.0.1") is None
     for address in ("a", "b", "c", "d"):  # a full table drops refilled buckets, then the oldest
-        throttle.failed(address)
+        throttle.failed_now(address)
     assert len(throttle._buckets) <= 3
 
 

@@ -43,10 +43,13 @@ class LiveApp:
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[LiveApp]:
+def serve(settings: Settings, graceful_s: float | None = None) -> Iterator[LiveApp]:
+    """``graceful_s``: how long stopping waits for open responses before cancelling them (as
+    ``lrprobe serve`` does); default: until they end."""
     queue = RecordingQueue()
     app = create_app(settings, queue=queue)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=graceful_s)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

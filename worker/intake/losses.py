@@ -1,5 +1,8 @@
 """Named losses: ``loss_fn(model, (x, y)) -> scalar``, with early checks against the data.
 
+The losses are the numeric core's (:mod:`lrprobe.worker.newton.losses`); here they are named,
+checked against the data and the model's output, and their refusals become ``IntakeError``.
+
 All losses are means over the batch, as ``torch.nn.functional``'s defaults are; the user must
 train with the same reduction for the recommended learning rates to apply unchanged.
 
@@ -22,19 +25,25 @@ tuple whose first element is the tensor (nanoGPT returns ``(logits, loss)``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from lrprobe.worker.intake.dataset import Dataset
 from lrprobe.worker.intake.errors import IntakeError
+from lrprobe.worker.newton import losses as _core
+from lrprobe.worker.newton.errors import LossInputError
+from lrprobe.worker.newton.losses import check_class_logits as _check_class_logits
+from lrprobe.worker.newton.losses import match_shape as _match_shape
+from lrprobe.worker.newton.losses import shape_error as _shape_error
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
-LOSSES = ("cross_entropy", "mse", "bce", "lm_cross_entropy")
+LOSSES = tuple(_core.BY_NAME)
 _SUITS = {
     "cross_entropy": ("classification",),
     "mse": ("regression", "classification"),
@@ -50,12 +59,12 @@ _INSTEAD = {
 
 def get_loss(name: str) -> LossFn:
     """The loss function called ``name`` (one of ``LOSSES``)."""
-    loss = _LOSS_FNS.get(name)
+    loss = _core.BY_NAME.get(name)
     if loss is None:
         raise IntakeError(
             "unknown_loss", f"There is no loss {name!r}; use one of {', '.join(LOSSES)}."
         )
-    return loss
+    return _refusing(loss)
 
 
 def check_loss(name: str, dataset: Dataset, output: object | None = None) -> None:
@@ -85,103 +94,32 @@ def check_loss(name: str, dataset: Dataset, output: object | None = None) -> Non
             "incompatible_model_output",
             f"The model output has shape {tuple(logits.shape)}; it needs one row per example.",
         )
-    _CHECKS[name](logits, example_targets, dataset)
+    with _refusals():
+        _CHECKS[name](logits, example_targets, dataset)
 
 
 def model_logits(output: object) -> torch.Tensor:
     """The tensor inside a model's output (tensor, ``.logits``, or first tuple element)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise IntakeError(
-        "incompatible_model_output",
-        f"The model returned a {type(output).__name__}; it must return a tensor, an object with "
-        "a .logits tensor, or a tuple whose first element is the output tensor.",
-    )
+    with _refusals():
+        return _core.model_logits(output)
 
 
-# --- the losses -----------------------------------------------------------------------------
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The core's loss refusals as the intake's error, with the same code and sentence."""
+    try:
+        yield
+    except LossInputError as exc:
+        raise IntakeError(exc.code, exc.message) from None
 
 
-def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
-    x, y = batch
-    logits = model_logits(model(x))
-    _check_class_logits(logits, y)
-    return functional.cross_entropy(logits, y)
+def _refusing(loss: LossFn) -> LossFn:
+    @wraps(loss)
+    def refusing(model: nn.Module, batch: Batch) -> torch.Tensor:
+        with _refusals():
+            return loss(model, batch)
 
-
-def mse(model: nn.Module, batch: Batch) -> torch.Tensor:
-    x, y = batch
-    output = model_logits(model(x))
-    if y.is_floating_point():
-        return functional.mse_loss(output, _match_shape(y, output))
-    _check_class_logits(output, y)
-    if output.ndim != 2:
-        raise _shape_error("mse on class labels needs outputs (B, C)", output, y)
-    one_hot = functional.one_hot(y, num_classes=output.shape[1]).to(output.dtype)
-    return functional.mse_loss(output, one_hot)
-
-
-def bce(model: nn.Module, batch: Batch) -> torch.Tensor:
-    x, y = batch
-    logits = model_logits(model(x))
-    target = _match_shape(y, logits).to(logits.dtype)
-    return functional.binary_cross_entropy_with_logits(logits, target)
-
-
-def lm_cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
-    x, y = batch
-    logits = model_logits(model(x))
-    if logits.ndim != 3 or logits.shape[:2] != y.shape:
-        raise _shape_error("lm_cross_entropy needs logits (B, T, V)", logits, y)
-    return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
-_LOSS_FNS: dict[str, LossFn] = {
-    "cross_entropy": cross_entropy,
-    "mse": mse,
-    "bce": bce,
-    "lm_cross_entropy": lm_cross_entropy,
-}
-
-
-# --- shape checks (no device synchronisation: they look at shapes only) ----------------------
-
-
-def _check_class_logits(logits: torch.Tensor, y: torch.Tensor) -> None:
-    if (
-        logits.ndim != y.ndim + 1
-        or logits.shape[0] != y.shape[0]
-        or logits.shape[2:] != y.shape[1:]
-    ):
-        raise _shape_error("class logits must be (B, C, ...) for labels (B, ...)", logits, y)
-
-
-def _match_shape(target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    if target.shape == output.shape:
-        return target
-    if target.numel() == output.numel() and _squeezed(target.shape) == _squeezed(output.shape):
-        return target.reshape(output.shape)
-    raise _shape_error("outputs must have the targets' shape", output, target)
-
-
-def _squeezed(shape: torch.Size) -> tuple[int, ...]:
-    dims = list(shape)
-    while len(dims) > 1 and dims[-1] == 1:
-        dims.pop()
-    return tuple(dims)
-
-
-def _shape_error(rule: str, output: torch.Tensor, target: torch.Tensor) -> IntakeError:
-    return IntakeError(
-        "incompatible_model_output",
-        f"The model output has shape {tuple(output.shape)} and the targets {tuple(target.shape)}, "
-        f"but {rule}; pick the loss that matches the model's head.",
-    )
+    return refusing
 
 
 def _check_bce_targets(dataset: Dataset) -> None:

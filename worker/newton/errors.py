@@ -15,3 +15,13 @@ class OutOfMemoryProbeError(MemoryError):
     """The probe does not fit in memory even one example at a time."""
 
     code = "out_of_memory"
+
+
+class LossInputError(ValueError):
+    """The model's output does not fit the loss's targets (its shape, its type)."""
+
+    code = "incompatible_model_output"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
