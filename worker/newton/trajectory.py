@@ -127,6 +127,9 @@ class TrajectoryOptions:
     calibrate: tuple[float, ...] = (0.03, 0.1, 0.3)
     calibration_steps: int = 40
     shrink: float = 0.0
+    # λ₁ is multiplied by this when the user's optimizer has heavy-ball momentum and the
+    # per-layer rates span more than WIDE_SPREAD (gn-probe/0.4; see the module docstring).
+    unsure_momentum: float = 0.5
     # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
     # trajectory at half the passes (see above); the cubic rule's d3 is then not needed.
     lam_int: float = 0.0
@@ -144,6 +147,8 @@ class TrajectoryOptions:
             raise ValueError("calibrate needs positive candidates and calibration_steps ≥ 1")
         if not 0 <= self.shrink <= 1:
             raise ValueError("shrink must lie in [0, 1]")
+        if not 0 < self.unsure_momentum <= 1:
+            raise ValueError("unsure_momentum must lie in (0, 1]")
 
     @property
     def evaluations(self) -> int:
@@ -256,6 +261,10 @@ def trajectory_probe(
         )
         if calibration_note:
             notes.append(calibration_note)
+        margin_note = _momentum_margin(spec, rates, options.unsure_momentum)
+        if margin_note:
+            scale *= options.unsure_momentum
+            notes.append(margin_note)
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
     newton = solve(mean, 0.0)
@@ -338,6 +347,25 @@ def calibrate_scale(
         "treat these rates as an upper bound"
     )
     return min(candidates), checks, note
+
+
+def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float) -> str | None:
+    """Why λ₁ is lowered, or None: heavy-ball momentum with per-layer rates that span more
+    than :data:`WIDE_SPREAD`. The momentum buffer multiplies the step by up to 1/(1 − β), and
+    the instability it breeds builds over more steps than a 40-step calibration run sees; a
+    wide spread marks the runs where the probe is least sure. On the quality benchmark these
+    were the runs that learned and then fell back to chance level (see the module docstring)."""
+    positive = [r for r in rates if r > 0]
+    heavy_ball = spec.name in ("sgd", "momentum") and spec.momentum > 0
+    if factor >= 1 or not heavy_ball or len(positive) < 2:
+        return None
+    span = max(positive) / min(positive)
+    if span <= WIDE_SPREAD:
+        return None
+    return (
+        f"momentum {spec.momentum:g} with per-layer rates that span {span:.0f}×: the calibrated "
+        f"scale was multiplied by {factor:g} for a margin of stability over a long run"
+    )
 
 
 def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
