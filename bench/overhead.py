@@ -42,7 +42,7 @@ import torch
 from lrprobe.client import Client
 from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import keys, migrate
-from lrprobe.service.broker import DEFAULT_QUEUE, make_celery
+from lrprobe.service.broker import make_celery
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.embedded import child_environment, worker_command
 from lrprobe.service.settings import Settings
@@ -145,12 +145,12 @@ def _production(
     with psycopg.connect(postgres, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    # The API sends to the default queue (it does not read LRPROBE_QUEUE); the random Redis
-    # database keeps this run's queue apart.
-    queue = DEFAULT_QUEUE
+    # A queue of this run's own (the API, the worker and the reaper all read LRPROBE_QUEUE),
+    # on a random Redis database besides.
+    queue = f"lrprobe-overhead-{uuid.uuid4().hex[:8]}"
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp / "production", database_url=f"{base}/{name}",
-        broker_url=f"{redis}/{random.randrange(1, 16)}", torch_threads=1,
+        broker_url=f"{redis}/{random.randrange(1, 16)}", torch_threads=1, queue=queue,
     )  # fmt: skip
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -159,7 +159,7 @@ def _production(
         secret = keys.create_key(make_sessionmaker(engine), ApiKeyCreate(name="bench")).secret
         engine.dispose()
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
-        env = child_environment(settings, queue, base_env)
+        env = child_environment(settings, base_env)
         port = _free_port()
         api = [sys.executable, "-m", "uvicorn", "--factory",
                "lrprobe.service.asgi:app_from_environment", "--port", str(port),
@@ -171,7 +171,7 @@ def _production(
             _wait_ready(url, tmp / "api.log")
             return _overheads(url, secret, checkpoint, jobs)
     finally:
-        app = make_celery(settings, queue=queue)
+        app = make_celery(settings)
         with app.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
         app.close()

@@ -63,6 +63,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "shrink": {"shrink": 0.5},
     "gn-0.2": {"calibrate": (0.1, 0.3, 1.0)},  # the default before issue 11
     "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
+    "gn-0.3": {"unsure_momentum": 1.0},  # the default before the momentum margin
+    "cal-wide": {"calibrate": (0.03, 0.1, 0.3, 1.0)},
 }
 
 

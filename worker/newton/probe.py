@@ -45,6 +45,7 @@ def probe(
     calibrate: Sequence[float] = (0.03, 0.1, 0.3),
     calibration_steps: int = 40,
     shrink: float = 0.0,
+    unsure_momentum: float = 0.5,
     num_batches: int = 16,
     heldout_batches: int = 4,
     optimizer_state: ParamState | None = None,
@@ -105,6 +106,8 @@ def probe(
         calibration_steps: length of each calibration run.
         shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
             space: ``η₁^shrink · η̄^(1−shrink)`` (0: none, 1: the single-group rate everywhere).
+        unsure_momentum: multiplies λ₁ when the optimizer has heavy-ball momentum and the
+            per-layer rates span more than 30× (1: never).
         num_batches, heldout_batches, bootstrap, scales, trust: the fixed-θ method (see above).
         optimizer_state: per-parameter state keyed by name (``momentum_buffer``; ``exp_avg``,
             ``exp_avg_sq``, ``step``), as saved with the checkpoint.
@@ -136,8 +139,9 @@ def probe(
         options: TrajectoryOptions | FixedOptions = TrajectoryOptions(
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
             bounds=bounds, calibrate=tuple(calibrate), calibration_steps=calibration_steps,
-            shrink=shrink, lam_int=lam, third_order=lam > 0 if third_order is None else third_order,
-            seed=seed, micro_batch=micro_batch, precision=precision,
+            shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
+            third_order=lam > 0 if third_order is None else third_order, seed=seed,
+            micro_batch=micro_batch, precision=precision,
         )  # fmt: skip
     elif method == "fixed":
         options = FixedOptions(

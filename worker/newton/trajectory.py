@@ -1,5 +1,39 @@
 """The trajectory probe: a short grouped-Newton run, then a calibrated global scale.
 
+gn-probe/0.4 (issue 11, second round) changed one thing: when the user's optimizer has
+heavy-ball momentum and the per-layer rates span more than 30× (:data:`WIDE_SPREAD`, the
+spread the notes already warned about), the calibrated λ₁ is halved and a note says so. The
+rules tried, each on the same 96 runs (the 8 small tasks of ``bench/quality`` × 2 starts × 3
+optimizers × 2 seeds, 300 steps; 48 cells; regret as in the README; "collapsed" = runs whose
+final training loss stayed nearer the start than the grid's best point's):
+
+======================================================  ======  =====  =====  =====  =========
+rule                                                    median  mean   worst  >0.15  collapsed
+======================================================  ======  =====  =====  =====  =========
+gn-probe/0.3                                            0.005   0.016  0.758  4      6
+spread compressed to 30× in log space                   0.008   0.098  0.956  7      8
+spread compressed to 10× in log space                   0.014   0.111  0.991  8      7
+bounds 3 instead of 10                                  0.011   0.035  0.745  4      6
+shrink 0.5 toward the single-group rate                 0.023   0.093  0.994  9      6
+single-group candidates in the calibration contest      0.007   0.020  0.758  5      6
+λ₁ candidates {0.03, 0.1, 0.3, 1}                       0.004   0.028  0.961  5      7
+λ₁ halved always                                        0.021   0.023  0.336  7      3
+λ₁ halved for heavy ball with a spread > 30× (kept)     0.004   −0.013 0.268  4      4
+single-group rate of the same probe                     0.050   0.230  0.993  17     15
+======================================================  ======  =====  =====  =====  =========
+
+Halving everywhere buys the safest worst case but costs plain SGD on the CNNs, which want a
+large λ₁ (digits CNN from init: 0.14 → 0.46); restricted to heavy ball with a wide spread it
+keeps the median and fixes the cells where momentum learned and then fell back (a digits
+transformer from a warm checkpoint: regret 0.22 → 0.01, pinned in
+``tests/bench/test_no_collapse.py``; the 8-layer ReLU MLP: 0.76 → 0.26 from init, 0.67 → 0.27
+warm). What none of these fixes: that deep MLP trains only in a narrow band of global rates
+with momentum (a seed whose every rate but the grid's 0.1 stays at chance level), and the
+residual MLP on wine's 133 examples from a warm checkpoint, where the rates that lower the
+training loss fastest overfit. Compressing the spread was the surprise: the wide spreads are
+not noise to remove but what makes per-layer rates win (the deep MLP with plain SGD beats the
+grid by its whole improvement, regret −1.0, and loses it when compressed).
+
 gn-probe/0.3 (issue 11) changed one thing: λ₁ is chosen from {0.03, 0.1, 0.3} instead of
 {0.1, 0.3, 1}. What was tried, on the expanded ``bench/quality`` (9 tasks, peers, regret =
 the share of the grid's improvement a method misses; see the README's quality section):
@@ -127,6 +161,9 @@ class TrajectoryOptions:
     calibrate: tuple[float, ...] = (0.03, 0.1, 0.3)
     calibration_steps: int = 40
     shrink: float = 0.0
+    # λ₁ is multiplied by this when the user's optimizer has heavy-ball momentum and the
+    # per-layer rates span more than WIDE_SPREAD (gn-probe/0.4; see the module docstring).
+    unsure_momentum: float = 0.5
     # Newton with the solver's Levenberg fallback: as good as the cubic rule along the
     # trajectory at half the passes (see above); the cubic rule's d3 is then not needed.
     lam_int: float = 0.0
@@ -144,6 +181,8 @@ class TrajectoryOptions:
             raise ValueError("calibrate needs positive candidates and calibration_steps ≥ 1")
         if not 0 <= self.shrink <= 1:
             raise ValueError("shrink must lie in [0, 1]")
+        if not 0 < self.unsure_momentum <= 1:
+            raise ValueError("unsure_momentum must lie in (0, 1]")
 
     @property
     def evaluations(self) -> int:
@@ -256,6 +295,10 @@ def trajectory_probe(
         )
         if calibration_note:
             notes.append(calibration_note)
+        margin_note = _momentum_margin(spec, rates, options.unsure_momentum)
+        if margin_note:
+            scale *= options.unsure_momentum
+            notes.append(margin_note)
         single_lr = scale * eta_single
         single_interval = (scale * single_interval[0] / prior, scale * single_interval[1] / prior)
     newton = solve(mean, 0.0)
@@ -338,6 +381,25 @@ def calibrate_scale(
         "treat these rates as an upper bound"
     )
     return min(candidates), checks, note
+
+
+def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float) -> str | None:
+    """Why λ₁ is lowered, or None: heavy-ball momentum with per-layer rates that span more
+    than :data:`WIDE_SPREAD`. The momentum buffer multiplies the step by up to 1/(1 − β), and
+    the instability it breeds builds over more steps than a 40-step calibration run sees; a
+    wide spread marks the runs where the probe is least sure. On the quality benchmark these
+    were the runs that learned and then fell back to chance level (see the module docstring)."""
+    positive = [r for r in rates if r > 0]
+    heavy_ball = spec.name in ("sgd", "momentum") and spec.momentum > 0
+    if factor >= 1 or not heavy_ball or len(positive) < 2:
+        return None
+    span = max(positive) / min(positive)
+    if span <= WIDE_SPREAD:
+        return None
+    return (
+        f"momentum {spec.momentum:g} with per-layer rates that span {span:.0f}×: the calibrated "
+        f"scale was multiplied by {factor:g} for a margin of stability over a long run"
+    )
 
 
 def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
