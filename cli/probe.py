@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
+from pydantic import ValidationError
 
 from lrprobe.cli import options as opt
 from lrprobe.cli.errors import fail
 from lrprobe.cli.extras import require_extra
+from lrprobe.client.schemas import OptimizerName, OptimizerSpec
 
 
 def probe_command(
@@ -66,19 +68,15 @@ def probe_command(
     from lrprobe.client import Recommendation
     from lrprobe.worker.intake.data.policy import DataPolicy
     from lrprobe.worker.intake.errors import IntakeError
-    from lrprobe.worker.newton import NumericalError, OptimizerSpec, OutOfMemoryProbeError
+    from lrprobe.worker.jobspec import optimizer_spec
+    from lrprobe.worker.newton import NumericalError, OutOfMemoryProbeError
     from lrprobe.worker.pipeline import ProbeRequest, load_inputs, run_probe
 
     try:
         uri, roots = _data_reference(data, data_root or [])
         request = ProbeRequest(
             loss=loss,
-            optimizer=OptimizerSpec(
-                name=optimizer,  # type: ignore[arg-type]
-                # the other optimizers keep their own default (RMSprop's momentum is 0)
-                momentum=momentum if optimizer == "momentum" else None,  # type: ignore[arg-type]
-                weight_decay=weight_decay,
-            ),
+            optimizer=optimizer_spec(_wire_optimizer(optimizer, momentum, weight_decay)),
             partition=opt.partition_arg(partition),
             max_groups=max_groups,
             batches=batches,
@@ -119,6 +117,25 @@ def probe_command(
     if json_out is not None:
         json_out.write_text(result.to_json(indent=2))
         console.print(f"full result written to {json_out}")
+
+
+def _wire_optimizer(name: str, momentum: float, weight_decay: float) -> OptimizerSpec:
+    """The options as the job spec's optimizer, so that a local probe reads them as a job does.
+
+    Raises:
+        ValueError: the name or a value is not one the schema takes (says which).
+    """
+    if name not in get_args(OptimizerName):
+        raise ValueError(
+            f"unknown optimizer {name!r}: use one of {', '.join(get_args(OptimizerName))}"
+        )
+    body: dict[str, object] = {"name": name, "weight_decay": weight_decay}
+    if name == "momentum":  # the others keep their own default (RMSprop's momentum is 0)
+        body["momentum"] = momentum
+    try:
+        return OptimizerSpec.model_validate(body)
+    except ValidationError as exc:
+        raise ValueError("; ".join(str(e["msg"]) for e in exc.errors())) from None
 
 
 def _data_reference(data: str, roots: list[Path]) -> tuple[str, list[Path]]:

@@ -5,10 +5,13 @@ re-probing while training goes on.
 - ``lrprobe.integrations.lightning.LrprobeCallback``: a Lightning callback;
 - ``lrprobe.integrations.huggingface.LrprobeTrainerCallback``: a Hugging Face ``TrainerCallback``.
 
+Both callbacks take a :class:`ReprobeOptions` (or a prober and its keywords).
+
 Each takes a prober: :class:`LocalProbe` (this machine, inline) or :class:`ServiceProbe` (an
 lrprobe service through the SDK, in the background).
 """
 
+from lrprobe.integrations._callbacks import ReprobeOptions
 from lrprobe.integrations._probers import LocalProbe, Prober, ServiceProbe, job_optimizer
 from lrprobe.integrations._reprobe import RateEvent, RateHistory, Reprobe
 
@@ -18,6 +21,7 @@ __all__ = [
     "RateEvent",
     "RateHistory",
     "Reprobe",
+    "ReprobeOptions",
     "ServiceProbe",
     "job_optimizer",
 ]

@@ -15,6 +15,7 @@ This module imports Celery but nothing of the worker: the API only sends message
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -62,11 +63,24 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def job_time_limit(spec: Mapping[str, Any] | None, settings: Settings) -> float:
+    """The probe time limit of a stored job spec: its ``budget.time_limit_s``, else the server's
+    default. The one reading of it: the API and the reaper send it with the job's message, the
+    runner stops the probe at it. A spec that does not validate gets the default (the runner
+    then fails the job with ``invalid_spec``)."""
+    budget = spec.get("budget") if isinstance(spec, Mapping) else None
+    limit = budget.get("time_limit_s") if isinstance(budget, Mapping) else None
+    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:
+        return float(limit)
+    return settings.default_time_limit_seconds
+
+
 def send_job(celery_app: Celery, job_id: str, *, time_limit_s: float | None = None) -> None:
     """Ask a worker to run ``job_id``; call it only after the job row is committed.
 
-    ``time_limit_s``: the job's probe time limit, from which the message's soft and hard limits
-    are derived (default: the app's limits, from ``default_time_limit_seconds``).
+    ``time_limit_s``: the job's probe time limit (:func:`job_time_limit`), from which the
+    message's soft and hard limits are derived (default: the app's limits, from
+    ``default_time_limit_seconds``).
     """
     options: dict[str, Any] = {}
     if time_limit_s is not None:

@@ -32,6 +32,7 @@ from lrprobe.client.schemas import (
 )
 from lrprobe.client.schemas import Recommendation as RecommendationOut
 from lrprobe.service import lifecycle
+from lrprobe.service.broker import job_time_limit
 from lrprobe.service.data_refs import check_data_ref
 from lrprobe.service.errors import (
     IdempotencyConflictError,
@@ -158,7 +159,7 @@ def submit_job(
             raise
         return Submitted(replay, created=False)
     try:
-        queue.send(out.id, request.budget.time_limit_s)
+        queue.send(out.id, job_time_limit(spec, settings))
     except Exception:
         log.warning("could not send job %s to the broker; the reaper will re-send it", out.id,
                     exc_info=True)  # fmt: skip

@@ -12,10 +12,10 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from lrprobe.service.errors import (
+    PayloadTooLargeError,
     RequestTimeoutError,
     ServiceError,
     UnprocessableError,
@@ -224,6 +225,26 @@ async def receive_upload(
         for path in receiver.paths:
             with suppress(FileNotFoundError):
                 path.unlink()
+
+
+def receive_artifact(
+    request: Request, what: Literal["checkpoint", "dataset"], settings: Settings, tmp_dir: Path
+) -> AbstractAsyncContextManager[ReceivedForm]:
+    """:func:`receive_upload` of a checkpoint or a dataset under the settings' size cap
+    (``{what}_too_large`` beyond it) and pace: the API's upload routes and the dashboard's."""
+    cap = settings.max_upload_bytes
+
+    def too_large() -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"The {what} is over the limit of {cap} bytes; send a smaller file or ask the "
+            "operator to raise LRPROBE_MAX_UPLOAD_BYTES.",
+            code=f"{what}_too_large",
+        )
+
+    return receive_upload(
+        request, tmp_dir=tmp_dir, max_bytes=cap, too_large=too_large,
+        pace=UploadPace.from_settings(settings),
+    )  # fmt: skip
 
 
 async def _paced(request: Request, pace: UploadPace) -> AsyncIterator[bytes]:

@@ -1,8 +1,9 @@
 """The Celery app that workers load: ``celery -A lrprobe.worker.celery_app worker``.
 
-Settings come from the environment (``LRPROBE_*``); ``LRPROBE_QUEUE`` names the queue (default
-``lrprobe``) when several deployments share one broker: the worker consumes it, the API and the
-reaper send to it.
+Settings come from the environment (``LRPROBE_*``) through the worker's composition root
+(:mod:`lrprobe.worker.composition`); ``LRPROBE_QUEUE`` names the queue (default ``lrprobe``)
+when several deployments share one broker: the worker consumes it, the API and the reaper send
+to it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from typing import Any
 from celery.signals import worker_init
 from kombu.transport import sqlalchemy as sql_transport
 
-from lrprobe.service.broker import make_celery
-from lrprobe.service.settings import Settings
-from lrprobe.worker import lifeline
+from lrprobe.worker import composition, lifeline
 from lrprobe.worker.tasks import register
 
 # The embedded broker (kombu's SQLAlchemy transport on SQLite) is polled: 1 s apart by default,
@@ -23,7 +22,7 @@ from lrprobe.worker.tasks import register
 # every option to create_engine.
 sql_transport.Transport.polling_interval = 0.05
 
-app = make_celery(Settings())
+app = composition.from_environment().celery_app
 register(app)
 
 

@@ -1,4 +1,5 @@
-"""What runs in a probe's own process: load the checkpoint and data through the intake, probe,
+"""What runs in a probe's own process: load the checkpoint and data through the intake (the
+pipeline's :func:`~lrprobe.worker.pipeline.load_inputs`, as ``lrprobe probe`` does), probe,
 and send progress and the outcome to the worker over a pipe.
 
 The worker (``lrprobe.worker.supervisor``) starts one such process per job and alone talks to
@@ -33,13 +34,10 @@ from lrprobe.service.lifecycle import Progress
 from lrprobe.service.settings import Settings
 from lrprobe.worker import devices
 from lrprobe.worker.artifact_files import artifact_file
-from lrprobe.worker.intake.checkpoints.loading import load_checkpoint
-from lrprobe.worker.intake.data.dataset import Dataset
 from lrprobe.worker.intake.data.policy import DataPolicy
-from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.intake.errors import IntakeError
 from lrprobe.worker.newton import NumericalError, ProbeProgress
-from lrprobe.worker.pipeline import ProbeRequest, run_probe
+from lrprobe.worker.pipeline import ProbeRequest, load_inputs, run_probe
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +136,13 @@ def execute(work: ProbeWork, progress: Callable[[ProbeProgress], None]) -> dict[
     """
     settings = work.settings
     try:
-        loaded = load_checkpoint(
-            artifact_file(settings, work.checkpoint_sha256),
-            arch=work.arch,
-            arch_config=work.arch_config,
-            max_bytes=settings.max_upload_bytes,
+        checkpoint = artifact_file(settings, work.checkpoint_sha256)
+        uri, policy = _data_source(work)
+        loaded, dataset = load_inputs(
+            checkpoint, uri, policy, work.request,
+            arch=work.arch, arch_config=work.arch_config, max_bytes=settings.max_upload_bytes,
             allow_pt2=settings.allow_pt2,
-        )
-        dataset = _open_data(work)
+        )  # fmt: skip
     except IntakeError as exc:
         raise JobError(exc.code, exc.detail) from None
     try:
@@ -170,7 +167,9 @@ def out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _open_data(work: ProbeWork) -> Dataset:
+def _data_source(work: ProbeWork) -> tuple[str, DataPolicy]:
+    """The job's data reference and the policy it is read under; an uploaded dataset becomes a
+    file:// reference to its artifact, whose folder the policy may read."""
     settings = work.settings
     roots = [Path(root).resolve() for root in settings.data_roots]
     uri = work.data
@@ -188,7 +187,7 @@ def _open_data(work: ProbeWork) -> Dataset:
         max_bytes=settings.max_upload_bytes,
         cache_dir=settings.data_dir.resolve() / "cache" / "data",
     )
-    return open_dataset(uri, policy, block_size=work.request.block_size)
+    return uri, policy
 
 
 # --- the child process -------------------------------------------------------------------------

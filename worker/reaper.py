@@ -15,19 +15,17 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
 from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service import lifecycle
-from lrprobe.service.broker import make_celery, send_job
-from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
+from lrprobe.service.broker import job_time_limit, send_job
 from lrprobe.service.models import Job
-from lrprobe.service.notify import notifier_for
 from lrprobe.service.settings import Settings
 from lrprobe.worker import lifeline
+from lrprobe.worker.composition import WorkerRoot
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +46,13 @@ def reap_once(settings: Settings, sessions: sessionmaker[Session], celery_app: C
         rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(ids))).all()
         specs = {job_id: spec for job_id, spec in rows}
     for job_id in ids:
-        send_job(celery_app, job_id, time_limit_s=_time_limit(specs.get(job_id)))
+        send_job(celery_app, job_id, time_limit_s=job_time_limit(specs.get(job_id), settings))
     log.info("reaper re-sent %d job(s): %s", len(ids), ", ".join(ids))
     return ids
 
 
 def run_forever(
-    settings: Settings, *, interval: float = REAP_INTERVAL_SECONDS, heartbeat: Path | None = None
+    root: WorkerRoot, *, interval: float = REAP_INTERVAL_SECONDS, heartbeat: Path | None = None
 ) -> None:
     """Reap every ``interval`` seconds until SIGTERM/SIGINT (the reaper process of both modes).
 
@@ -63,15 +61,10 @@ def run_forever(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    sessions = make_sessionmaker(
-        make_engine(settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS),
-        notifier_for(settings.resolved_redis_url),
-    )
-    celery_app = make_celery(settings)
-    log.info("reaper: every %.0f s on %s", interval, settings.resolved_database_url)
+    log.info("reaper: every %.0f s on %s", interval, root.settings.resolved_database_url)
     while True:
         try:
-            reap_once(settings, sessions, celery_app)
+            reap_once(root.settings, root.sessions, root.celery_app)
             if heartbeat is not None:
                 heartbeat.touch()
         except Exception:
@@ -88,23 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     lifeline.attach()  # under lrprobe serve: one reaper per data dir, gone when serve is
-    settings = Settings()
+    root = WorkerRoot(Settings())
     if args.once:
-        sessions = make_sessionmaker(
-            make_engine(
-                settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
-            )
-        )
-        celery_app = make_celery(settings)
-        reap_once(settings, sessions, celery_app)
+        reap_once(root.settings, root.sessions, root.celery_app)
         return
-    run_forever(settings, interval=args.interval, heartbeat=args.heartbeat)
-
-
-def _time_limit(spec: Any) -> float | None:
-    budget = spec.get("budget") if isinstance(spec, dict) else None
-    limit = budget.get("time_limit_s") if isinstance(budget, dict) else None
-    return float(limit) if isinstance(limit, int | float) and not isinstance(limit, bool) else None
+    run_forever(root, interval=args.interval, heartbeat=args.heartbeat)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,11 @@ and cancel requests act only between batches (for debugging).
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -36,13 +33,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service import lifecycle
+from lrprobe.service.broker import job_time_limit
 from lrprobe.service.lifecycle import Beat, JobStatus, Progress
 from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
-from lrprobe.service.settings import Settings
 from lrprobe.worker import probe_process, supervisor
-from lrprobe.worker.jobspec import SpecError, parse_spec
-from lrprobe.worker.newton import METHOD_VERSION, OptimizerSpec, ParamGroupSpec, ProbeProgress
-from lrprobe.worker.pipeline import ProbeRequest
+from lrprobe.worker.composition import WorkerContext
+from lrprobe.worker.jobspec import SpecError, parse_spec, probe_request
+from lrprobe.worker.newton import METHOD_VERSION, ProbeProgress
 from lrprobe.worker.probe_process import (
     INTERNAL_ERROR_ADVICE,
     Failed,
@@ -68,19 +65,6 @@ DATABASE_RETRY_SECONDS = 600.0
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WorkerContext:
-    """What a worker process needs to run jobs; built once per process."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    name: str  # this process, as shown in lease_owner
-
-    @classmethod
-    def create(cls, settings: Settings, sessions: sessionmaker[Session]) -> WorkerContext:
-        return cls(settings, sessions, f"{socket.gethostname()}:{os.getpid()}")
-
-
 def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
     """Run ``job_id`` if it is still queued; returns its final status, None if not claimed.
 
@@ -95,7 +79,7 @@ def run_job(context: WorkerContext, job_id: str) -> JobStatus | None:
     if job is None:
         log.info("job %s is not queued any more; nothing to do", job_id)
         return None
-    limit = _time_limit(job, settings)
+    limit = job_time_limit(job.spec, settings)
     watch = _Watch(_Lease(sessions, job_id, worker, lease_s), time.monotonic() + limit)
     watch.lease.start()
     try:
@@ -163,21 +147,10 @@ def _work(context: WorkerContext, job: Job) -> ProbeWork:
         arch = None if own_arch else model_row.arch
         arch_config = None if own_arch else (model_row.arch_config or None)
         sha256 = model_row.sha256
-    request = ProbeRequest(
-        loss=spec.loss,
-        optimizer=_optimizer(spec.optimizer),
-        partition=spec.partition.rule,
-        max_groups=spec.partition.max_groups,
-        batches=spec.budget.batches,
-        batch_size=spec.budget.batch_size,
-        heldout_batches=spec.budget.heldout_batches,
-        block_size=spec.block_size,
-        seed=spec.seed,
-        device=spec.device,
-    )
     return ProbeWork(
         job_id=job.id, settings=context.settings, checkpoint_sha256=sha256, arch=arch,
-        arch_config=arch_config, data=spec.data, uploaded_data=uploaded, request=request,
+        arch_config=arch_config, data=spec.data, uploaded_data=uploaded,
+        request=probe_request(spec),
     )  # fmt: skip
 
 
@@ -315,46 +288,8 @@ def _retrying(action: Callable[[], T], job_id: str, what: str) -> T:
             delay = min(2 * delay, 5.0)
 
 
-def _time_limit(job: Job, settings: Settings) -> float:
-    budget = job.spec.get("budget") if isinstance(job.spec, dict) else None
-    limit = budget.get("time_limit_s") if isinstance(budget, dict) else None
-    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:
-        return float(limit)
-    return settings.default_time_limit_seconds
-
-
 def _limit_advice(limit: float) -> str:
     return (
         f"The probe did not finish within its time limit of {limit:g} s; lower budget.batches "
         "or budget.batch_size, or raise budget.time_limit_s."
     )
-
-
-# --- the spec ------------------------------------------------------------------------------
-
-
-def _optimizer(spec: Any) -> OptimizerSpec:
-    groups = tuple(
-        ParamGroupSpec(
-            tuple(group.params),
-            {
-                **{k: getattr(group, k) for k in _GROUP_FIELDS if getattr(group, k) is not None},
-                **group.options,
-            },
-        )
-        for group in spec.param_groups
-    )
-    return OptimizerSpec(
-        name=spec.name,
-        momentum=spec.momentum,
-        dampening=spec.dampening,
-        nesterov=spec.nesterov,
-        betas=tuple(spec.betas),
-        eps=spec.eps,
-        weight_decay=spec.weight_decay,
-        options=dict(spec.options),
-        param_groups=groups,
-    )
-
-
-_GROUP_FIELDS = ("momentum", "dampening", "nesterov", "betas", "eps", "weight_decay")

@@ -15,23 +15,16 @@ from billiard.process import current_process
 from celery import Celery
 
 from lrprobe.service.broker import RUN_JOB
-from lrprobe.service.db import STATEMENT_TIMEOUT_SECONDS, make_engine, make_sessionmaker
-from lrprobe.service.notify import notifier_for
-from lrprobe.service.settings import Settings
-from lrprobe.worker import devices, runner
+from lrprobe.worker import composition, devices, runner
 
 
 @functools.cache
 def worker_context() -> runner.WorkerContext:
-    """Built on the first task, in the process that runs tasks (after any fork)."""
-    settings = Settings()
-    devices.setup_process(settings.torch_threads, getattr(current_process(), "index", None))
-    engine = make_engine(
-        settings.resolved_database_url, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
-    )
-    # Job events are announced after each commit, so open event streams follow at once.
-    sessions = make_sessionmaker(engine, notifier_for(settings.resolved_redis_url))
-    return runner.WorkerContext.create(settings, sessions)
+    """Built on the first task, in the process that runs tasks (after any fork: the root's
+    engine is made here, never in a prefork pool's parent)."""
+    root = composition.from_environment()
+    devices.setup_process(root.settings.torch_threads, getattr(current_process(), "index", None))
+    return root.runner_context()
 
 
 def register(app: Celery) -> None:

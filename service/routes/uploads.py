@@ -8,9 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from lrprobe.client.schemas import DatasetOut, ModelOut
 from lrprobe.service import uploads
 from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
-from lrprobe.service.errors import PayloadTooLargeError
 from lrprobe.service.routes import problems
-from lrprobe.service.upload_stream import UploadPace, receive_upload
+from lrprobe.service.upload_stream import receive_artifact
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
@@ -35,14 +34,6 @@ def _multipart_body(extra: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _too_large(what: str, code: str, cap: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"The {what} is over the limit of {cap} bytes; send a smaller file or ask the operator "
-        "to raise LRPROBE_MAX_UPLOAD_BYTES.",
-        code=code,
-    )
-
-
 @router.post(
     "/models",
     status_code=201,
@@ -59,14 +50,8 @@ async def upload_model(request: Request, services: ServicesDep, key: CurrentKey)
     """Upload a checkpoint: a safetensors state dict (with ``arch``/``arch_config``, or
     ``lrprobe.arch`` metadata), a ``torch.save`` state dict, or a Hugging Face folder archive.
     The format is read from the content; pickled modules and TorchScript are refused."""
-    cap = services.settings.max_upload_bytes
-    async with receive_upload(
-        request,
-        tmp_dir=services.upload_dir,
-        max_bytes=cap,
-        too_large=lambda: _too_large("checkpoint", "checkpoint_too_large", cap),
-        pace=UploadPace.from_settings(services.settings),
-    ) as form:
+    upload = receive_artifact(request, "checkpoint", services.settings, services.upload_dir)
+    async with upload as form:
         return await run_in_threadpool(
             lambda: uploads.register_model(
                 services.sessions,
@@ -96,14 +81,8 @@ def get_model(model_id: str, sessions: SessionsDep, key: CurrentKey) -> ModelOut
 async def upload_dataset(request: Request, services: ServicesDep, key: CurrentKey) -> DatasetOut:
     """Upload a dataset (.npz, .pt, .csv, .parquet, .npy, .bin); refer to it in a job as the
     returned ``uri`` (``upload://ID``)."""
-    cap = services.settings.max_upload_bytes
-    async with receive_upload(
-        request,
-        tmp_dir=services.upload_dir,
-        max_bytes=cap,
-        too_large=lambda: _too_large("dataset", "dataset_too_large", cap),
-        pace=UploadPace.from_settings(services.settings),
-    ) as form:
+    upload = receive_artifact(request, "dataset", services.settings, services.upload_dir)
+    async with upload as form:
         return await run_in_threadpool(
             uploads.register_dataset, services.sessions, services.store, key, form.file
         )

@@ -302,7 +302,9 @@ def test_the_example_job_is_submitted_once_on_an_empty_database(empty_api: Runni
     api = empty_api
     job_id = ensure_example_job(api.settings, api.queue)
 
-    assert job_id is not None and api.queue.sent == [(job_id, None)]
+    # sent with its time limit, the server's default (the example's spec sets none)
+    limit = api.settings.default_time_limit_seconds
+    assert job_id is not None and api.queue.sent == [(job_id, limit)]
     assert ensure_example_job(api.settings, api.queue) is None
     job = api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(api.admin))
     assert job.status_code == 200 and job.json()["label"] == EXAMPLE_LABEL

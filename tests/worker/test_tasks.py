@@ -9,6 +9,7 @@ from celery import Celery
 
 from lrprobe.service.broker import RUN_JOB, make_celery, send_job
 from lrprobe.worker import tasks
+from lrprobe.worker.composition import WorkerRoot
 from tests.worker.jobs import settings_for
 
 
@@ -55,3 +56,17 @@ def test_send_job_carries_only_the_id_and_the_job_time_limits(app: Celery) -> No
     [(args, options)] = sent
     assert args == ["job-1"]
     assert 60.0 < options["soft_time_limit"] < options["time_limit"]  # type: ignore[operator]
+
+
+def test_the_worker_root_builds_each_part_from_one_settings_on_first_use(tmp_path: Path) -> None:
+    root = WorkerRoot(settings_for(tmp_path, broker_url="memory://", queue="q-root"))
+
+    assert root.queue == "q-root"
+    assert root.celery_app.conf.task_default_queue == "q-root"
+    assert "engine" not in vars(root)  # a prefork parent that loads the app holds no engine
+
+    context = root.runner_context()
+
+    assert (context.settings, context.sessions) == (root.settings, root.sessions)
+    assert root.sessions.kw["bind"] is root.engine
+    assert root.engine.url.render_as_string() == root.settings.resolved_database_url
