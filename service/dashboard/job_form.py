@@ -15,12 +15,12 @@ from starlette.concurrency import run_in_threadpool
 
 from lrprobe.client.error_catalogue import CATALOGUE
 from lrprobe.client.schemas import JobCreate
+from lrprobe.rules.data_refs import BUILTIN_DATASETS
 from lrprobe.service import jobs
 from lrprobe.service.dashboard import queries
 from lrprobe.service.dashboard.rendering import html_router, render
 from lrprobe.service.dashboard.session import DashboardSession
 from lrprobe.service.dashboard.signin import Current, checked_form
-from lrprobe.service.data_refs import BUILTIN_DATASETS
 from lrprobe.service.deps import Services, ServicesDep
 from lrprobe.service.errors import ServiceError
 
