@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg import OperationalError as PgOperationalError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,8 +33,10 @@ from lrprobe.service.errors import (
     problem_body,
 )
 from lrprobe.service.events import EventHub
+from lrprobe.service.job_reads import JobReads, PostgresJobReads, ThreadedJobReads
 from lrprobe.service.metrics import Metrics, MetricsMiddleware
 from lrprobe.service.notify import notifier_for
+from lrprobe.service.pg_pool import AsyncPgPool, conninfo_for
 from lrprobe.service.principals import PrincipalCache
 from lrprobe.service.queue import JobQueue
 from lrprobe.service.ratelimit import rate_limiter_for
@@ -44,9 +47,10 @@ from lrprobe.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# PostgreSQL connections each API process keeps open: as many as requests it runs at once in its
-# thread pool under load, so a burst does not open and close connections (it did with
-# SQLAlchemy's default of 5 kept + 10 opened on demand).
+# PostgreSQL connections each API process keeps open, for each of its two pools (the engine's,
+# and the job reads' async one): as many as requests it runs at once under load, so a burst
+# does not open and close connections (it did with SQLAlchemy's default of 5 kept + 10 opened on
+# demand).
 POOL_SIZE = 16
 
 
@@ -59,8 +63,9 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url
         engine = make_engine(
-            settings.resolved_database_url,
+            url,
             statement_timeout_s=STATEMENT_TIMEOUT_SECONDS,
             pool_size=POOL_SIZE,
             ping="idle",
@@ -71,6 +76,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
         principals = PrincipalCache(settings.auth_cache_seconds)
         own_queue = None
         hub = None
+        pool = None
         try:
             heads = migrate.head_revisions()
             migrate.check_at_head(engine, heads)
@@ -87,11 +93,20 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 from lrprobe.service.queue import CeleryQueue
 
                 own_queue = CeleryQueue(settings)
+            job_reads: JobReads
+            if engine.dialect.name == "postgresql":
+                pool = AsyncPgPool(
+                    conninfo_for(url), POOL_SIZE, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+                )
+                job_reads = PostgresJobReads(pool)
+            else:
+                job_reads = ThreadedJobReads(reads)
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
                 reads=reads,
+                job_reads=job_reads,
                 store=ArtifactStore(settings.resolved_artifact_url),
                 queue=queue or own_queue,  # type: ignore[arg-type]
                 limiter=limiter,
@@ -109,6 +124,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             if hub is not None:
                 await hub.stop()
             await limiter.close()
+            if pool is not None:
+                await pool.close()
             if notifier is not None:
                 notifier.close()
             if own_queue is not None:
@@ -186,9 +203,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _problem(request, error)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        outage = isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        )
+        # PgOperationalError: the job reads' own pool (lrprobe.service.pg_pool), whose errors
+        # are psycopg's, not wrapped by SQLAlchemy; its pool timeout is one too.
+        outage = isinstance(
+            exc, OperationalError | InterfaceError | PoolTimeoutError | PgOperationalError
+        ) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
         if not outage:
             return await unexpected(request, exc)
         log.warning("database unavailable: %s", exc)
@@ -208,4 +227,5 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(PoolTimeoutError, database_error)
+    app.add_exception_handler(PgOperationalError, database_error)
     app.add_exception_handler(Exception, unexpected)

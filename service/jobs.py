@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -262,13 +263,25 @@ def _job_dict(row: Row[Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def job_query(owner: Principal, job_id: str) -> tuple[Select[Any], dict[str, Any]]:
+    """The statement that reads one of ``owner``'s jobs for :func:`job_json`, and its
+    parameters (also run by :mod:`lrprobe.service.job_reads` on PostgreSQL)."""
+    return _GET_JOB, {"job_id": job_id, "owner_id": owner.id}
+
+
+def job_json(rows: Sequence[Any], job_id: str) -> bytes:
+    """JobOut's JSON from the rows of :func:`job_query`."""
+    if not rows:
+        raise JobNotFoundError(f"There is no job {job_id!r}; list your jobs with GET /v1/jobs.")
+    return to_json(_job_dict(rows[0]))
+
+
 def get_job_json(sessions: sessionmaker[Session], owner: Principal, job_id: str) -> bytes:
     """:func:`get_job`, as JobOut's JSON."""
+    query, params = job_query(owner, job_id)
     with sessions() as session:
-        row = session.execute(_GET_JOB, {"job_id": job_id, "owner_id": owner.id}).first()
-    if row is None:
-        raise JobNotFoundError(f"There is no job {job_id!r}; list your jobs with GET /v1/jobs.")
-    return to_json(_job_dict(row))
+        rows = session.execute(query, params).all()
+    return job_json(rows, job_id)
 
 
 def _encode_cursor(created_at: datetime, job_id: str) -> str:
@@ -291,7 +304,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
-def _page_query(
+def page_query(
     owner: Principal,
     status: JobStatus | None,
     text: str | None,
@@ -351,9 +364,15 @@ def _page_rows(
     limit: int,
 ) -> tuple[list[dict[str, Any]], str | None]:
     limit = max(1, min(limit, MAX_PAGE))
-    query, params = _page_query(owner, status, text, run, cursor, limit)
+    query, params = page_query(owner, status, text, run, cursor, limit)
     with sessions() as session:
         rows = session.execute(query, params).all()
+    return page_items(rows, limit)
+
+
+def page_items(rows: Sequence[Any], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """A page's items (JobOut's shape) and next cursor, from the rows of :func:`page_query`
+    (which reads one row more than ``limit``, to know whether there is a next page)."""
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
@@ -370,7 +389,7 @@ def list_jobs(
     cursor: str | None = None,
     limit: int = 50,
 ) -> JobPage:
-    """This key's jobs, newest first, in pages of at most ``limit`` (see :func:`_page_query`)."""
+    """This key's jobs, newest first, in pages of at most ``limit`` (see :func:`page_query`)."""
     items, next_cursor = _page_rows(sessions, owner, status, text, run, cursor, limit)
     return JobPage.model_validate({"items": items, "next_cursor": next_cursor})
 

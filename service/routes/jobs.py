@@ -20,7 +20,7 @@ from lrprobe.client.schemas import (
     Recommendation,
 )
 from lrprobe.service import jobs
-from lrprobe.service.deps import CurrentKey, ReadsDep, ServicesDep, SessionsDep
+from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
 from lrprobe.service.errors import UnprocessableError
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
@@ -69,8 +69,8 @@ def submit_job(
 
 
 @router.get("", response_model=JobPage, responses=problems(401, 422))
-def list_jobs(
-    sessions: ReadsDep,
+async def list_jobs(
+    services: ServicesDep,
     key: CurrentKey,
     status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
     q: Annotated[
@@ -88,16 +88,16 @@ def list_jobs(
     # Serialised by the use case (rows straight to JSON): a JobPage returned here would be
     # validated again by FastAPI, which took longer than the query.
     return _json(
-        jobs.list_jobs_json(
-            sessions, key, status=wanted, text=q, run=run, cursor=cursor, limit=limit
+        await services.job_reads.page(
+            key, status=wanted, text=q, run=run, cursor=cursor, limit=limit
         )
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
-def get_job(job_id: str, sessions: ReadsDep, key: CurrentKey) -> Response:
+async def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> Response:
     """One job: status, progress, error."""
-    return _json(jobs.get_job_json(sessions, key, job_id))
+    return _json(await services.job_reads.job(key, job_id))
 
 
 def _json(content: bytes) -> Response:
