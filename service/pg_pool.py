@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from psycopg.types.datetime import TimestampBinaryLoader, TimestampLoader
+from psycopg.types.datetime import TimestamptzBinaryLoader
+from psycopg.types.json import set_json_loads
+from pydantic_core import from_json
 from sqlalchemy.engine import make_url
 
 from lrprobe.service.db import CONNECT_TIMEOUT_SECONDS, RECYCLE_SECONDS
@@ -35,17 +36,6 @@ from lrprobe.service.db import CONNECT_TIMEOUT_SECONDS, RECYCLE_SECONDS
 
 class PoolTimeoutError(psycopg.OperationalError):
     """Every connection stayed busy for the whole connect timeout (answered as a 503)."""
-
-
-class _UTCTimestampLoader(TimestampLoader):
-    # The columns hold naive UTC (models.UTCDateTime); give rows aware datetimes, as the ORM does.
-    def load(self, data: Any) -> datetime:
-        return super().load(data).replace(tzinfo=UTC)
-
-
-class _UTCTimestampBinaryLoader(TimestampBinaryLoader):
-    def load(self, data: Any) -> datetime:
-        return super().load(data).replace(tzinfo=UTC)
 
 
 def conninfo_for(sqlalchemy_url: str) -> str:
@@ -67,10 +57,9 @@ class AsyncPgPool:
     ) -> None:
         self.conninfo = conninfo
         self.connect_timeout_s = connect_timeout_s
-        self.options = (
-            "" if statement_timeout_s is None
-            else f"-c statement_timeout={int(statement_timeout_s * 1000)}"
-        )  # fmt: skip
+        self.options = "-c TimeZone=UTC"
+        if statement_timeout_s is not None:
+            self.options += f" -c statement_timeout={int(statement_timeout_s * 1000)}"
         self._in_use = asyncio.Semaphore(size)
         # (connection, when it was opened), the most recently returned last
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
@@ -126,8 +115,12 @@ class AsyncPgPool:
             connect_timeout=max(1, round(self.connect_timeout_s)),
             options=self.options,
         )
-        conn.adapters.register_loader("timestamp", _UTCTimestampLoader)
-        conn.adapters.register_loader("timestamp", _UTCTimestampBinaryLoader)
+        # Rows come in binary, parsed by psycopg's C loaders (its text timestamp parser took most
+        # of a list page's time). The timestamp columns hold naive UTC (models.UTCDateTime);
+        # binary timestamp and timestamptz are the same microsecond count, so reading them as
+        # timestamptz in a UTC session gives the aware UTC datetimes the ORM gives.
+        conn.adapters.register_loader("timestamp", TimestamptzBinaryLoader)
+        set_json_loads(from_json, conn)  # pydantic-core's parser, 3x json.loads
         return conn
 
     async def close(self) -> None:
@@ -136,7 +129,7 @@ class AsyncPgPool:
 
 
 async def _run(conn: psycopg.AsyncConnection[Any], query: str, params: dict[str, Any]) -> list[Any]:
-    cursor = conn.cursor(row_factory=namedtuple_row)
+    cursor = conn.cursor(row_factory=namedtuple_row, binary=True)
     await cursor.execute(query, params)
     return await cursor.fetchall()
 
