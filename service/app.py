@@ -121,11 +121,11 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             yield
         finally:
             metrics.unwatch_jobs()
+            if pool is not None:
+                await pool.close()
             if hub is not None:
                 await hub.stop()
             await limiter.close()
-            if pool is not None:
-                await pool.close()
             if notifier is not None:
                 notifier.close()
             if own_queue is not None:
