@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg import OperationalError as PgOperationalError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,8 +31,10 @@ from lrprobe.service.errors import (
     UnprocessableError,
 )
 from lrprobe.service.events import EventHub
+from lrprobe.service.job_reads import JobReads, PostgresJobReads, ThreadedJobReads
 from lrprobe.service.metrics import Metrics, MetricsMiddleware
 from lrprobe.service.notify import notifier_for
+from lrprobe.service.pg_pool import AsyncPgPool, conninfo_for
 from lrprobe.service.principals import PrincipalCache
 from lrprobe.service.problems import problem_response
 from lrprobe.service.queue import JobQueue
@@ -44,9 +47,10 @@ from lrprobe.service.stream_limit import stream_limit_for
 
 log = logging.getLogger(__name__)
 
-# PostgreSQL connections each API process keeps open: as many as requests it runs at once in its
-# thread pool under load, so a burst does not open and close connections (it did with
-# SQLAlchemy's default of 5 kept + 10 opened on demand).
+# PostgreSQL connections each API process keeps open, for each of its two pools (the engine's,
+# and the job reads' async one): as many as requests it runs at once under load, so a burst
+# does not open and close connections (it did with SQLAlchemy's default of 5 kept + 10 opened on
+# demand).
 POOL_SIZE = 16
 
 
@@ -59,8 +63,9 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url
         engine = make_engine(
-            settings.resolved_database_url,
+            url,
             statement_timeout_s=STATEMENT_TIMEOUT_SECONDS,
             pool_size=POOL_SIZE,
             ping="idle",
@@ -73,6 +78,7 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
         principals = PrincipalCache(settings.auth_cache_seconds)
         own_queue = None
         hub = None
+        pool = None
         try:
             heads = migrate.head_revisions()
             migrate.check_at_head(engine, heads)
@@ -90,11 +96,20 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
                 from lrprobe.service.queue import CeleryQueue
 
                 own_queue = CeleryQueue(settings)
+            job_reads: JobReads
+            if engine.dialect.name == "postgresql":
+                pool = AsyncPgPool(
+                    conninfo_for(url), POOL_SIZE, statement_timeout_s=STATEMENT_TIMEOUT_SECONDS
+                )
+                job_reads = PostgresJobReads(pool)
+            else:
+                job_reads = ThreadedJobReads(reads)
             app.state.services = Services(
                 settings=settings,
                 engine=engine,
                 sessions=sessions,
                 reads=reads,
+                job_reads=job_reads,
                 store=ArtifactStore(settings.resolved_artifact_url),
                 queue=queue or own_queue,  # type: ignore[arg-type]
                 limiter=limiter,
@@ -110,6 +125,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
             yield
         finally:
             metrics.unwatch_jobs()
+            if pool is not None:
+                await pool.close()
             if hub is not None:
                 await hub.stop()
             await limiter.close()
@@ -132,7 +149,8 @@ def create_app(settings: Settings, *, queue: JobQueue | None = None) -> FastAPI:
     app.add_middleware(RequestLimitsMiddleware, idle_timeout_s=settings.upload_idle_timeout_seconds)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(SecurityHeadersMiddleware)
-    routers = (health.router, docs.router, uploads.router, jobs.router, keys.router)
+    # The busiest routes first: a request is matched against the routes in order.
+    routers = (jobs.router, health.router, docs.router, uploads.router, keys.router)
     for router in (*routers, dashboard_router):
         app.include_router(router)
     _install_error_handlers(app)
@@ -186,9 +204,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _problem(request, error)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
-        outage = isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        )
+        # PgOperationalError: the job reads' own pool (lrprobe.service.pg_pool), whose errors
+        # are psycopg's, not wrapped by SQLAlchemy; its pool timeout is one too.
+        outage = isinstance(
+            exc, OperationalError | InterfaceError | PoolTimeoutError | PgOperationalError
+        ) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
         if not outage:
             return await unexpected(request, exc)
         log.warning("database unavailable: %s", exc)
@@ -208,4 +228,5 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(PoolTimeoutError, database_error)
+    app.add_exception_handler(PgOperationalError, database_error)
     app.add_exception_handler(Exception, unexpected)

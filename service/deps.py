@@ -16,6 +16,7 @@ from lrprobe.service.artifacts import ArtifactStore
 from lrprobe.service.auth_throttle import AuthThrottle, client_address
 from lrprobe.service.errors import AdminRequiredError, RateLimitedError, UnauthorizedError
 from lrprobe.service.events import EventHub
+from lrprobe.service.job_reads import JobReads
 from lrprobe.service.keys import Principal, authenticate_hash, hash_secret
 from lrprobe.service.metrics import Metrics
 from lrprobe.service.principals import PrincipalCache
@@ -35,6 +36,8 @@ class Services:
     # Sessions without a transaction, for single reads: one round trip instead of three (no
     # BEGIN, no ROLLBACK); each statement sees the latest commit, as in a READ COMMITTED one.
     reads: sessionmaker[Session]
+    # GET /v1/jobs/{id} and GET /v1/jobs, as coroutines (async PostgreSQL, else the thread pool)
+    job_reads: JobReads
     store: ArtifactStore
     queue: JobQueue
     limiter: RateLimiter

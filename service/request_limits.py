@@ -73,6 +73,13 @@ class RequestLimitsMiddleware:
             await self.app(scope, receive, send)  # authenticated, then streamed and capped
             return
         headers = Headers(scope=scope)
+        if route != SIGN_IN_ROUTE and not (
+            "content-length" in headers or "transfer-encoding" in headers
+        ):
+            # No body (HTTP/1.1 frames one only with either header), so nothing to check or
+            # read: the common GET skips a read with a timeout (a task per request)
+            await self.app(scope, receive, send)
+            return
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         limit = MAX_SIGN_IN_BYTES if route == SIGN_IN_ROUTE else self.max_bytes
         too_large = RequestTooLargeError(

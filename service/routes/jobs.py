@@ -22,7 +22,7 @@ from lrprobe.client.schemas import (
     Recommendation,
 )
 from lrprobe.service import jobs
-from lrprobe.service.deps import CurrentKey, ReadsDep, ServicesDep, SessionsDep
+from lrprobe.service.deps import CurrentKey, ServicesDep, SessionsDep
 from lrprobe.service.errors import TooManyStreamsError, UnprocessableError
 from lrprobe.service.keys import Principal
 from lrprobe.service.lifecycle import JobStatus
@@ -46,7 +46,6 @@ KEEPALIVE_SECONDS = 15.0
 )
 def submit_job(
     body: JobCreate,
-    response: Response,
     services: ServicesDep,
     key: CurrentKey,
     idempotency_key: Annotated[
@@ -57,23 +56,28 @@ def submit_job(
             description="Resending the same body with the same key returns the same job.",
         ),
     ] = None,
-) -> JobOut:
+) -> Response:
     """Queue a probe of one of this key's models on the referenced data (202). With an
     ``Idempotency-Key``, a repeated request returns the first job (200) and a different body
     under the same key is a 409."""
     submitted = jobs.submit_job(
         services.sessions, services.queue, services.settings, key, body, idempotency_key
     )
+    headers = {"Location": f"/v1/jobs/{submitted.id}"}
     if not submitted.created:
-        response.status_code = 200
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
-    return submitted.job
+        headers["Idempotent-Replayed"] = "true"
+    # JobOut's JSON as the use case made it (FastAPI would validate a returned JobOut again)
+    return Response(
+        submitted.json,
+        status_code=202 if submitted.created else 200,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 @router.get("", response_model=JobPage, responses=problems(401, 422))
-def list_jobs(
-    sessions: ReadsDep,
+async def list_jobs(
+    services: ServicesDep,
     key: CurrentKey,
     status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
     q: Annotated[
@@ -91,16 +95,16 @@ def list_jobs(
     # Serialised by the use case (rows straight to JSON): a JobPage returned here would be
     # validated again by FastAPI, which took longer than the query.
     return _json(
-        jobs.list_jobs_json(
-            sessions, key, status=wanted, text=q, run=run, cursor=cursor, limit=limit
+        await services.job_reads.page(
+            key, status=wanted, text=q, run=run, cursor=cursor, limit=limit
         )
     )
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problems(401, 404))
-def get_job(job_id: str, sessions: ReadsDep, key: CurrentKey) -> Response:
+async def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> Response:
     """One job: status, progress, error."""
-    return _json(jobs.get_job_json(sessions, key, job_id))
+    return _json(await services.job_reads.job(key, job_id))
 
 
 def _json(content: bytes) -> Response:
