@@ -118,7 +118,7 @@ def list_(
         with _sessions() as sessions:
             keys = list_keys(sessions)
     if json_output or output is Format.json:
-        echo_json(keys)  # type: ignore[arg-type]
+        echo_json(keys)
         return
     for k in keys:
         state = "revoked" if k.revoked_at else ("admin" if k.admin else "active")

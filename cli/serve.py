@@ -16,7 +16,7 @@ from lrprobe.cli.extras import has_extra, missing_modules, require_extra
 # On SIGTERM or Ctrl-C, how long uvicorn waits for open responses before cancelling them: an
 # event stream lasts as long as its job, and stopping must not wait for that (Docker sends
 # SIGKILL 10 s after SIGTERM, which would skip the lifespan's cleanup).
-SHUTDOWN_GRACE_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 5  # seconds (uvicorn takes an int)
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:

@@ -184,7 +184,8 @@ class AsyncClient:
     async def recommendation(self, job_id: str | AsyncJob) -> Recommendation:
         """The recommendation of a succeeded job (see :meth:`AsyncJob.recommendation`)."""
         job_id = job_id.id if isinstance(job_id, AsyncJob) else job_id
-        return Recommendation(await self._send(calls.recommendation(job_id)), job_id=job_id)
+        data = await self._send(calls.recommendation(job_id))
+        return Recommendation(data, job_id=job_id)
 
     # --- keys (admin) and health ---------------------------------------------------------
 

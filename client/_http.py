@@ -83,4 +83,4 @@ class RetryPolicy:
             return self._delay(attempt)
 
     def _delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(self.max_backoff, self.backoff * 2.0**attempt) * random.uniform(0.5, 1.0)

@@ -206,7 +206,7 @@ class Reprobe:
 
     def _apply(self, result: Result, probed_at: int, step: int) -> None:
         try:
-            result.apply(self.optimizer, self.model, self.schedulers)  # type: ignore[arg-type]
+            result.apply(self.optimizer, self.model, self.schedulers)
         except Exception as exc:  # e.g. a model that no longer matches: keep training
             self._fail(probed_at, f"could not apply the rates: {exc}")
             return

@@ -279,7 +279,7 @@ def open_tar(archive: Path) -> Iterator[tarfile.TarFile]:
     try:
         with _decompressor(archive)(archive, "rb") as raw:
             stream = _CappedStream(raw, cap)
-            with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=stream, mode="r:") as tf:
                 yield tf
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise RuleError(

@@ -73,7 +73,7 @@ def _rescale(group: dict[str, Any], lr: float) -> float | None:
             group["initial_lr"] = lr
         return None
     factor = lr / base
-    current = group.get("lr")
+    current = group.get("lr", base)
     # The base itself becomes exactly the recommended rate, not base · (lr / base).
     group["lr"] = lr if "initial_lr" not in group or current == base else current * factor
     for key in _RATE_KEYS:

@@ -50,7 +50,7 @@ class ArtifactStore:
         return bool(self.fs.exists(self.key(sha256)))
 
     def open(self, sha256: str) -> BinaryIO:
-        return self.fs.open(self.key(sha256), "rb")  # type: ignore[no-any-return]
+        return self.fs.open(self.key(sha256), "rb")
 
     def put(self, source: Path, sha256: str) -> str:
         """Store the file ``source`` whose digest is ``sha256``; a no-op if already stored.

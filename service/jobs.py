@@ -89,7 +89,7 @@ def job_out(job: Job) -> JobOut:
         error = JobError(code=job.error_code, detail=job.error_detail)
     return JobOut(
         id=job.id,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

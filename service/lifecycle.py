@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Update, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service.models import Job, JobEvent, Recommendation, utcnow
@@ -224,7 +224,7 @@ def reap(
     return resend
 
 
-def _held(job_id: str, worker: str):  # type: ignore[no-untyped-def]
+def _held(job_id: str, worker: str) -> Update:
     return update(Job).where(
         Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == worker
     )

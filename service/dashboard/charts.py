@@ -202,7 +202,7 @@ def coupling_heatmap(names: Sequence[str], matrix: Sequence[Sequence[float | Non
             f'text-anchor="end">{escape(_short(names[i]))}</text>'
         )
         for j, value in enumerate(row):
-            x = label_w + j * cell
+            x: float = label_w + j * cell
             colour = _diverging(value)
             parts.append(
                 f'<rect class="cell" x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" '

@@ -16,6 +16,7 @@ import math
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -29,7 +30,7 @@ from lrprobe.service.queue import JobQueue
 from lrprobe.service.settings import Settings
 from lrprobe.service.upload_stream import ReceivedFile
 
-EXAMPLE_ARCH = {"sizes": [64, 32, 16, 10], "activation": "tanh"}
+EXAMPLE_ARCH: dict[str, Any] = {"sizes": [64, 32, 16, 10], "activation": "tanh"}
 EXAMPLE_LABEL = "Example: MLP 64-32-16-10 on digits"
 
 
@@ -106,7 +107,7 @@ def ensure_example_job(settings: Settings, queue: JobQueue | None = None) -> str
             model_id=model.id,
             data="builtin://digits",
             loss="cross_entropy",
-            optimizer="adam",  # type: ignore[arg-type]
+            optimizer="adam",
             budget=BudgetSpec(batch_size=64),  # the default 40 steps: real intervals
             device="cpu",
             label=EXAMPLE_LABEL,

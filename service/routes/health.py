@@ -52,7 +52,7 @@ def _readiness(services: Services) -> Ready:
     if not checks["broker"]:
         detail["broker"] = getattr(services.queue, "problem", None) or "unreachable"
     status = "ready" if all(checks.values()) else "not_ready"
-    return Ready(status=status, checks=checks, detail=detail)  # type: ignore[arg-type]
+    return Ready(status=status, checks=checks, detail=detail)
 
 
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -152,7 +152,8 @@ class OptimizerSpec:
         """The ``torch.optim`` class (Lion comes from the ``lion-pytorch`` package)."""
         if self.name == "lion":
             try:
-                return importlib.import_module("lion_pytorch").Lion
+                lion: type[torch.optim.Optimizer] = importlib.import_module("lion_pytorch").Lion
+                return lion
             except ImportError:
                 raise ValueError(
                     "the lion optimizer needs the lion-pytorch package: pip install lion-pytorch"
@@ -209,7 +210,9 @@ def build_optimizer(
             torch_groups.append({"params": tensors, **own.torch_kwargs(), "lr": 0.0})
             owner.append(index)
     # lr=1.0 for the constructor only: some optimizers (Lion) refuse a zero default.
-    optimizer = spec.torch_class()(torch_groups, lr=1.0, **spec.torch_kwargs())
+    # (typed as a callable: torch.optim.Optimizer's own constructor takes no lr)
+    optimizer_class: Callable[..., torch.optim.Optimizer] = spec.torch_class()
+    optimizer = optimizer_class(torch_groups, lr=1.0, **spec.torch_kwargs())
     return optimizer, owner
 
 
@@ -255,7 +258,9 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> OptimizerName:
     )
 
 
-def from_torch(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[OptimizerSpec, dict]:
+def from_torch(
+    optimizer: torch.optim.Optimizer, model: nn.Module
+) -> tuple[OptimizerSpec, dict[str, dict[str, Tensor | float]]]:
     """The spec (with one :class:`ParamGroupSpec` per parameter group whose hyperparameters
     differ from the first group's) and the per-parameter state, keyed by parameter name, of a
     live optimizer. Raises ValueError for an optimizer the probe cannot follow."""
@@ -411,7 +416,7 @@ class DirectionRule:
             t = float(state["step"]) + 1
             m = beta1 * _t(state["exp_avg"], g) + (1 - beta1) * g
             v = beta2 * _t(state["exp_avg_sq"], g) + (1 - beta2) * g.square()
-            u = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + s.eps)
+            u: Tensor = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + s.eps)
         else:
             if not self._sq_count:
                 raise RuntimeError("observe() the direction batches before asking for Adam steps")

@@ -141,7 +141,7 @@ def accumulated_backward(
                 check(loss)
             if not bool(torch.isfinite(loss.detach())):
                 return loss.detach()  # the caller stops the run; no gradient is needed
-            (loss * weight if weight != 1.0 else loss).backward()
+            torch.autograd.backward(loss * weight if weight != 1.0 else loss)
             part = loss.detach() * weight
             total = part if total is None else total + part
         return total if total is not None else torch.zeros(())

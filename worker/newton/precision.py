@@ -72,13 +72,14 @@ def _device_types(model: nn.Module) -> list[str]:
 # ``allow_tf32`` flags after the new ones were set raises, so the legacy flags are never touched.
 def _precision_switches() -> list[Any]:
     backends = torch.backends
+    # cudnn's and mkldnn's switches are set up at import and missing from torch's stubs.
     candidates = [
         backends.cuda.matmul,
-        backends.cudnn.conv,
-        backends.cudnn.rnn,
-        backends.mkldnn.matmul,
-        backends.mkldnn.conv,
-        backends.mkldnn.rnn,
+        getattr(backends.cudnn, "conv", None),
+        getattr(backends.cudnn, "rnn", None),
+        getattr(backends.mkldnn, "matmul", None),
+        getattr(backends.mkldnn, "conv", None),
+        getattr(backends.mkldnn, "rnn", None),
     ]
     return [switch for switch in candidates if hasattr(switch, "fp32_precision")]
 

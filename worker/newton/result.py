@@ -176,7 +176,8 @@ class ProbeResult:
         data = asdict(self)
         for check, raw in zip(data["scale_checks"], self.scale_checks, strict=True):
             check["ratio"] = raw.ratio
-        return _clean(data)
+        cleaned: dict[str, Any] = _clean(data)
+        return cleaned
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)

@@ -150,7 +150,8 @@ def _solve_active(
     D2 = torch.diag(d * d)
 
     def step(r: float) -> Tensor:
-        return torch.linalg.solve(H + 0.5 * lam * r * D2, g)
+        solved: Tensor = torch.linalg.solve(H + 0.5 * lam * r * D2, g)
+        return solved
 
     def phi(r: float) -> float:
         try:

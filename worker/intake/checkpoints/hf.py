@@ -130,7 +130,9 @@ def _builder(config: dict[str, Any]) -> Callable[[], nn.Module]:
         raise _invalid(f"config.json was rejected by transformers ({str(exc)[:200]})") from None
     architectures = fields.get("architectures") or []
     causal = any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures)
-    auto_classes = [transformers.AutoModelForCausalLM] if causal else []
+    auto_classes: list[type[transformers.AutoModel] | type[transformers.AutoModelForCausalLM]] = (
+        [transformers.AutoModelForCausalLM] if causal else []
+    )
     auto_classes.append(transformers.AutoModel)
 
     def build() -> nn.Module:
