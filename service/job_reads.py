@@ -110,7 +110,7 @@ class PostgresJobReads:
                 self._compiled[id(query)] = entry
         compiled = entry[1]
         values = compiled.construct_params({k: _bind(v) for k, v in params.items()})
-        return await self.pool.fetch(compiled.string, values)
+        return await self.pool.fetch(compiled.string, dict(values))
 
 
 def _bind(value: Any) -> Any:

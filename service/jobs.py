@@ -14,10 +14,10 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic_core import to_json
-from sqlalchemy import Row, Select, and_, bindparam, func, insert, or_, select, tuple_
+from sqlalchemy import Row, Select, Table, and_, bindparam, func, insert, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -237,13 +237,13 @@ _GET_JOB = select(*_JOB_COLUMNS).where(
 
 # A submission's statements, built once on the tables (Core): through the ORM's unit of work
 # they took half of a submission's CPU time. The insert returns the row JobOut is made of.
-_JOBS = Job.__table__
+_JOBS: Table = Job.__table__  # type: ignore[assignment]  # a declarative model's Table
 _OWNED_MODEL = select(ModelArtifact.__table__.c.id).where(
     ModelArtifact.__table__.c.id == bindparam("model_id"),
     ModelArtifact.__table__.c.owner_id == bindparam("owner_id"),
 )
 _INSERT_JOB = insert(_JOBS).returning(*(_JOBS.c[c.key] for c in _JOB_COLUMNS))
-_INSERT_EVENT = insert(JobEventRow.__table__)
+_INSERT_EVENT = insert(cast(Table, JobEventRow.__table__))
 _BY_IDEMPOTENCY_KEY = select(*_JOB_COLUMNS, Job.request_hash).where(
     Job.owner_id == bindparam("owner_id"), Job.idempotency_key == bindparam("key")
 )

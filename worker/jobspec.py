@@ -49,7 +49,7 @@ def optimizer_spec(wire: schemas.OptimizerSpec) -> OptimizerSpec:
         momentum=wire.momentum,
         dampening=wire.dampening,
         nesterov=wire.nesterov,
-        betas=tuple(wire.betas),
+        betas=(wire.betas[0], wire.betas[1]),
         eps=wire.eps,
         weight_decay=wire.weight_decay,
         options=dict(wire.options),
