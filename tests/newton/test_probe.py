@@ -31,6 +31,39 @@ def _data(n: int = 256, features: int = 10, classes: int = 4, seed: int = 0):
     return x, (x @ w).argmax(1)
 
 
+def _split(train: int = 512, heldout: int = 256, seed: int = 0):
+    """Training and held-out samples of one task (the held-out ones never reach the probe)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(train + heldout, 10, generator=generator)
+    y = (x @ torch.randn(10, 4, generator=generator)).argmax(1)
+    return (x[:train], y[:train]), (x[train:], y[train:])
+
+
+def _trained_heldout_loss(
+    result: ProbeResult, train, heldout, steps: int, factor: float = 1.0
+) -> float:
+    """Train a fresh copy of the probed model with ``torch.optim.SGD`` over
+    ``result.param_groups`` (each rate times ``factor``) for ``steps`` steps on batches of 32,
+    then measure the loss on ``heldout``: the probe's own bookkeeping plays no part."""
+    model = _mlp()
+    groups = result.param_groups(model)
+    for group in groups:
+        group["lr"] *= factor
+    optimizer = torch.optim.SGD(groups)
+    (x, y), generator = train, torch.Generator().manual_seed(5)
+    for _ in range(steps):
+        rows = torch.randint(0, len(x), (32,), generator=generator)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
+        optimizer.step()
+    return _heldout_loss(model, heldout)
+
+
+def _heldout_loss(model: nn.Module, heldout) -> float:
+    with torch.no_grad():
+        return nn.functional.cross_entropy(model(heldout[0]), heldout[1]).item()
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -84,11 +117,29 @@ def test_probe_is_deterministic_for_a_seed_even_with_dropout() -> None:
 
 
 def test_recommended_step_decreases_the_held_out_loss() -> None:
-    x, y = _data()
-    result = _quick(_mlp(), x, y, method="fixed", num_batches=6)
+    train, heldout = _split()
+    result = _quick(_mlp(), *train, method="fixed", num_batches=6)
     chosen = next(c for c in result.scale_checks if c.scale == result.scale)
     assert chosen.realised < 0
     assert chosen.ratio >= 0.5
+    # measured apart from the probe: one SGD step with its param_groups lowers the loss on
+    # samples it never saw, and by more than the step ten times shorter or longer
+    before = _heldout_loss(_mlp(), heldout)
+    after = {f: _trained_heldout_loss(result, train, heldout, 1, f) for f in (0.1, 1.0, 10.0)}
+    assert after[1.0] < before, (before, after)
+    assert after[1.0] < min(after[0.1], after[10.0]), after
+
+
+def test_training_with_the_recommended_rates_beats_rates_three_times_off() -> None:
+    """The trajectory's rates applied as a user would (``param_groups`` into SGD), 20 steps,
+    judged by the held-out loss alone: lower than at the start, and lower than with every rate
+    three times smaller or three times larger."""
+    train, heldout = _split()
+    result = _quick(_mlp(), *train)
+    before = _heldout_loss(_mlp(), heldout)
+    after = {f: _trained_heldout_loss(result, train, heldout, 20, f) for f in (1 / 3, 1.0, 3.0)}
+    assert after[1.0] < before, (before, after)
+    assert after[1.0] < min(after[1 / 3], after[3.0]), after
 
 
 def test_single_group_rate_matches_a_single_group_probe() -> None:
@@ -330,6 +381,19 @@ def test_calibration_picks_the_candidate_with_the_lowest_loss_after_a_short_run(
             assert g.lr == pytest.approx(result.scale * g.eta)
     assert result.single_group_lr == pytest.approx(result.scale * result.single_group_eta)
     assert ProbeResult.from_dict(json.loads(result.to_json())).to_dict() == result.to_dict()
+
+
+def test_the_calibrated_scale_is_the_best_candidate_on_held_out_data() -> None:
+    """The candidates re-run apart from the probe: each scale's rates (the recommendation
+    rescaled) train a fresh model for 20 steps, and the probe's choice ends lowest on samples
+    the probe never saw."""
+    train, heldout = _split()
+    candidates = (0.1, 0.3, 1.0)
+    result = _quick(_mlp(), *train, calibrate=candidates, calibration_steps=6)
+    measured = {
+        c: _trained_heldout_loss(result, train, heldout, 20, c / result.scale) for c in candidates
+    }
+    assert min(measured, key=measured.__getitem__) == result.scale, (result.scale, measured)
 
 
 def test_a_live_optimizer_state_is_continued_not_reset() -> None:
