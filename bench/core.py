@@ -9,6 +9,7 @@ peak allocated).
     python -m bench.core                 # the README table (MLP and CNN, S = 4, 8, 16, 32)
     python -m bench.core --quick         # a smoke run
     python -m bench.core --device cuda   # on a GPU
+    python -m bench.core --quick --models mlp --sizes 2 --no-memory   # the test suite's smoke run
 """
 
 from __future__ import annotations
@@ -172,21 +173,30 @@ def measure_peak(fn: Callable[[], None], device: str) -> float:
     return (max(peak[0], _rss_bytes()) - before) / 2**20
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small models, few repeats")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="also write the rows to this file")
-    args = parser.parse_args()
+    parser.add_argument("--models", nargs="+", choices=["mlp", "cnn"], default=["mlp", "cnn"])
+    parser.add_argument(
+        "--sizes", nargs="+", type=int, help="numbers of groups S (default: 4 8 16 32; quick: 4 8)"
+    )
+    args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    sizes = (4, 8) if args.quick else (4, 8, 16, 32)
-    configs = [
-        Config("mlp", S, 64 if args.quick else 512, 64 if args.quick else 256) for S in sizes
-    ]
-    configs += [Config("cnn", S, 8 if args.quick else 16, 16 if args.quick else 64) for S in sizes]
+    sizes = args.sizes or ((4, 8) if args.quick else (4, 8, 16, 32))
+    configs = []
+    if "mlp" in args.models:
+        configs += [
+            Config("mlp", S, 64 if args.quick else 512, 64 if args.quick else 256) for S in sizes
+        ]
+    if "cnn" in args.models:
+        configs += [
+            Config("cnn", S, 8 if args.quick else 16, 16 if args.quick else 64) for S in sizes
+        ]
     repeats = 2 if args.quick else args.repeats
     header = (
         "| model | S | FB (ms) | ḡ,H̄ (FB) | ḡ,H̄ / S | ḡ,H̄,d3 (FB) | ḡ,H̄,d3 / S "

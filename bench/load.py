@@ -393,24 +393,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"seeded {args.jobs} jobs in {time.perf_counter() - started:.1f} s", flush=True)
         bare_env = {k: v for k, v in os.environ.items() if not k.startswith("LRPROBE_")}
         lines: list[str] = []
-        with (
-            _api(settings, args.api_workers, tmp / "api.log") as api,
-            _uvicorn(["bench.bare_app:app"], bare_env, args.api_workers, tmp / "bare.log") as bare,
-        ):
-            print(f"\nuvicorn --workers {args.api_workers} on PostgreSQL + Redis, {args.jobs:,} "
-                  f"jobs for one key; wrk -t2 -c{args.connections} for {args.seconds:g} s per "
-                  f"route; {os.cpu_count()} CPUs shared with wrk\n")  # fmt: skip
-            if "routes" in only:
-                reference, results = _routes(api, bare, secret, model_id, ids, tmp, args)
-                print(f"| {'route':<30} |   req/s | p50 ms | p99 ms | share | errors |")
-                print(f"|{'-' * 32}|--------:|-------:|-------:|------:|-------:|")
-                for result in results:
-                    print(result.row(reference))
-                print()
-            if "streams" in only:
-                lines += asyncio.run(
-                    _idle_streams(api, secret, ids, settings, args.postgres, name, args)
+        if only & {"routes", "streams"}:  # the replicas start API processes of their own
+            with (
+                _api(settings, args.api_workers, tmp / "api.log") as api,
+                _uvicorn(
+                    ["bench.bare_app:app"], bare_env, args.api_workers, tmp / "bare.log"
+                ) as bare,
+            ):
+                print(
+                    f"\nuvicorn --workers {args.api_workers} on PostgreSQL + Redis, "
+                    f"{args.jobs:,} jobs for one key; wrk -t2 -c{args.connections} for "
+                    f"{args.seconds:g} s per route; {os.cpu_count()} CPUs shared with wrk\n"
                 )
+                if "routes" in only:
+                    reference, results = _routes(api, bare, secret, model_id, ids, tmp, args)
+                    print(f"| {'route':<30} |   req/s | p50 ms | p99 ms | share | errors |")
+                    print(f"|{'-' * 32}|--------:|-------:|-------:|------:|-------:|")
+                    for result in results:
+                        print(result.row(reference))
+                    print()
+                if "streams" in only:
+                    lines += asyncio.run(
+                        _idle_streams(api, secret, ids, settings, args.postgres, name, args)
+                    )
         if "replicas" in only:
             if "routes" not in only:
                 _lua(tmp / "job.lua", "request = function() return wrk.format(nil, "

@@ -6,9 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bench.quality.__main__ import METHODS, aggregate, main, table
+from bench.quality.__main__ import METHODS, METRICS, aggregate, main, table
 from bench.quality.runner import GRID, PEERS, RANGE_TEST_STEPS, Job, run_job
 from bench.quality.tasks import load
 
@@ -81,6 +82,48 @@ def test_statistics_cover_every_seed(report) -> None:
     assert data["config"]["seeds"] == 2
     row = next(r for r in data["rows"] if r["method"] == "lrprobe")
     assert len(row["lr"]) == 2 and row["test_best"]["std"] >= 0
+
+
+def _mean_and_std(values: list[float]) -> dict[str, float]:
+    """Computed here, apart from the harness: the mean and the sample (n − 1) deviation."""
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1))}
+
+
+def test_each_rows_statistics_are_the_mean_and_std_of_its_runs(report) -> None:
+    """Every row recomputed from the per-run records the report also holds."""
+    data, _ = report
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    for run in data["runs"]:
+        job = run["job"]
+        runs.setdefault((job["task"], job["start"], job["optimizer"]), []).append(run)
+    for row in data["rows"]:
+        cell = runs[(row["task"], row["start"], row["optimizer"])]
+        assert sorted(r["job"]["seed"] for r in cell) == [0, 1]
+        methods = [r["methods"] for r in sorted(cell, key=lambda r: r["job"]["seed"])]
+        if row["method"] == "grid":
+            # each metric: the grid point whose mean over the seeds is best
+            for metric in METRICS:
+                per_point = {
+                    point: _mean_and_std([m["grid"][point][metric] for m in methods])
+                    for point in methods[0]["grid"]
+                }
+                best = min(per_point.values(), key=lambda s: s["mean"])
+                assert row[metric] == pytest.approx(best, rel=1e-12), (row, metric)
+            # its rate: the point best on the held-out loss
+            test_best = {
+                p: np.mean([m["grid"][p]["test_best"] for m in methods]) for p in per_point
+            }
+            assert float(min(test_best, key=test_best.__getitem__)) == row["lr"]
+            continue
+        records = [m[row["method"]] for m in methods]
+        for metric in METRICS:
+            expected = _mean_and_std([r[metric] for r in records])
+            assert row[metric] == pytest.approx(expected, rel=1e-12), (row, metric)
+        assert row["lr"] == [r["lr"] for r in records]
+        assert row["diverged"] == sum(bool(r["diverged"]) for r in records)
+        assert row["selection_fb"] == pytest.approx(np.mean([r["selection_fb"] for r in records]))
+        assert row["regret"] == pytest.approx(np.mean(row["regret_seeds"]))
 
 
 def _fake(test_best: float, train: float = 1.0) -> dict:
