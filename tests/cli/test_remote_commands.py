@@ -4,7 +4,6 @@ one-line errors with their codes and the documented exit codes."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,17 @@ from lrprobe.cli.app import app
 from tests.client.app_support import finish
 from tests.client.fakes import FakeApi, job_body
 from tests.service.api_support import RunningApi, safetensors_mlp, start_api
+from tests.support.databases import sqlite_copy
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lrprobe.service import migrate
-
-    path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
-    migrate.upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def api(migrated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningApi]:
-    shutil.copy(migrated, tmp_path / "lrprobe.sqlite")
-    with start_api(f"sqlite:///{tmp_path / 'lrprobe.sqlite'}", tmp_path) as running:
+def api(
+    sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunningApi]:
+    url = sqlite_copy(sqlite_template, tmp_path / "lrprobe.sqlite")
+    with start_api(url, tmp_path) as running:
         real = client.Client
 
         def to_the_app(url: str | None, api_key: str | None, **_: Any) -> client.Client:

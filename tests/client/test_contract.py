@@ -5,7 +5,6 @@ recording queue instead of the broker); the worker is simulated with
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,21 +24,13 @@ from lrprobe.client._jobs import Follower
 from lrprobe.client._sse import ServerSentEvent, StreamUnavailable
 from tests.client.app_support import finish
 from tests.service.api_support import RunningApi, safetensors_mlp, start_api
-
-
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lrprobe.service import migrate
-
-    path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
-    migrate.upgrade(f"sqlite:///{path}")
-    return path
+from tests.support.databases import sqlite_copy
 
 
 @pytest.fixture
-def api(migrated: Path, tmp_path: Path) -> Iterator[RunningApi]:
-    shutil.copy(migrated, tmp_path / "lrprobe.sqlite")
-    with start_api(f"sqlite:///{tmp_path / 'lrprobe.sqlite'}", tmp_path) as running:
+def api(sqlite_template: Path, tmp_path: Path) -> Iterator[RunningApi]:
+    url = sqlite_copy(sqlite_template, tmp_path / "lrprobe.sqlite")
+    with start_api(url, tmp_path) as running:
         yield running
 
 

@@ -27,6 +27,7 @@ from lrprobe.service.app import create_app
 from lrprobe.service.dashboard.example import example_checkpoint
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.settings import Settings
+from tests.support.settings import make_settings
 
 CHROMIUM = os.environ.get("LRPROBE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -100,9 +101,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, data_dir=data_dir, torch_threads=1, rate_limit_per_minute=100_000
-    )
+    settings = make_settings(data_dir, torch_threads=1, rate_limit_per_minute=100_000)
     migrate.upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)

@@ -21,7 +21,8 @@ from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import keys, migrate
 from lrprobe.service.app import create_app
 from tests.reliability.servers import free_port, wait_until
-from tests.service.api_support import make_settings, safetensors_mlp
+from tests.service.api_support import safetensors_mlp
+from tests.support.settings import make_settings
 
 pytestmark = [pytest.mark.slow]
 
@@ -158,7 +159,7 @@ def test_a_corrupt_broker_file_is_not_ready_and_refuses_jobs_with_503(tmp_path: 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate.upgrade(url)
     (tmp_path / "broker.sqlite").write_bytes(GARBAGE)
-    settings = make_settings(url, tmp_path)
+    settings = make_settings(tmp_path, url)
     assert settings.resolved_broker_url.startswith("sqla+sqlite:///")
     app = create_app(settings)  # the real queue: Celery on the (corrupt) SQLite broker
     with TestClient(app) as client:

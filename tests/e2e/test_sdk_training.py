@@ -23,7 +23,7 @@ from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
 from lrprobe.worker.intake.data.policy import DataPolicy
 from lrprobe.worker.intake.data.references import open_dataset
 from lrprobe.worker.runner import WorkerContext, run_job
-from tests.service.api_support import make_settings
+from tests.support.settings import make_settings
 
 ARCH_CONFIG = {"sizes": [64, 32, 10], "activation": "tanh"}
 # After 30 SGD steps, the per-layer run's loss may exceed the single-group run's by 20 % at most
@@ -62,7 +62,7 @@ def service(tmp_path: Path) -> Iterator[Client]:
 
     database = tmp_path / "lrprobe.sqlite"
     migrate.upgrade(f"sqlite:///{database}")
-    settings = make_settings(f"sqlite:///{database}", tmp_path)
+    settings = make_settings(tmp_path, f"sqlite:///{database}")
     queue = ThreadQueue(settings)
     app = create_app(settings, queue=queue)
     with TestClient(app) as http:

@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +31,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.client.schemas import ApiKeyCreate
-from lrprobe.service import migrate
 from lrprobe.service.app import create_app
 from lrprobe.service.broker import make_celery, send_job
 from lrprobe.service.embedded import start_background_services, worker_command
@@ -41,18 +41,15 @@ from lrprobe.service.settings import Settings
 from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
 from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 from lrprobe.worker.reaper import reap_once
-from tests.worker.jobs import (
-    IRIS_MLP,
+from tests.support.databases import (
     REDIS,
     create_postgres_database,
-    database,
     drop_postgres_database,
-    env_for,
-    job_row,
-    make_job,
-    settings_for,
-    store_checkpoint,
+    sessions_for,
 )
+from tests.support.jobs import IRIS_MLP, make_job
+from tests.support.settings import make_settings
+from tests.worker.jobs import env_for, job_row, store_checkpoint
 
 pytestmark = [
     pytest.mark.slow,
@@ -133,15 +130,13 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     postgres = request.param.startswith("postgresql")
     url = create_postgres_database() if postgres else None
     broker = f"{REDIS}/{uuid.uuid4().int % 15 + 1}" if postgres else None
-    settings = settings_for(
+    settings = make_settings(
         tmp_path / "data", url, broker_url=broker, lease_seconds=LEASE, requeue_after_seconds=2.0,
         queue=queue,
     )  # fmt: skip
     settings.data_dir.mkdir()
-    # Migrated, not created from the models: the API refuses a schema that is not at head.
-    migrate.upgrade(settings.resolved_database_url)
-    sessions_gen = database(settings.resolved_database_url)
-    sessions = next(sessions_gen)
+    cleanup = ExitStack()
+    sessions = cleanup.enter_context(sessions_for(settings.resolved_database_url))
     app = make_celery(settings)
     stack = Stack(
         settings, sessions, app, tmp_path, store_checkpoint(settings, tmp_path),
@@ -158,7 +153,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
             with app.connection_for_write() as conn:
                 conn.default_channel.queue_delete(queue)
         app.close()
-        sessions_gen.close()
+        cleanup.close()
         if url is not None:
             drop_postgres_database(url)
 
@@ -236,11 +231,11 @@ def test_a_job_submitted_through_the_api_runs_on_the_configured_queue(stack: Sta
 
 
 def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "data", lease_seconds=LEASE, requeue_after_seconds=30.0)
+    settings = make_settings(tmp_path / "data", lease_seconds=LEASE, requeue_after_seconds=30.0)
     settings.data_dir.mkdir()
     assert settings.resolved_broker_url.startswith("sqla+sqlite:///")
-    sessions_gen = database(settings.resolved_database_url)
-    sessions = next(sessions_gen)
+    cleanup = ExitStack()
+    sessions = cleanup.enter_context(sessions_for(settings.resolved_database_url))
     app = make_celery(settings)
     sha = store_checkpoint(settings, tmp_path)
     slow_sha = store_checkpoint(settings, tmp_path, SLOW_MODEL)
@@ -268,7 +263,7 @@ def test_embedded_services_run_jobs_survive_restarts_and_a_killed_worker(tmp_pat
     finally:
         services.stop()
         app.close()
-        sessions_gen.close()
+        cleanup.close()
 
 
 def test_the_worker_app_loads_and_declares_the_task() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.client.schemas import ApiKeyCreate
-from lrprobe.service import keys, migrate
+from lrprobe.service import keys
 from lrprobe.service.broker import make_celery
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.embedded import child_environment
@@ -33,6 +33,8 @@ from tests.reliability.servers import (
     missing_binaries,
     wait_until,
 )
+from tests.support.databases import create_postgres_database, migrated
+from tests.support.settings import make_settings
 from tests.worker.jobs import job_row, store_checkpoint
 
 LEASE = 3.0  # seconds: a dead worker's job is reaped within seconds
@@ -141,14 +143,12 @@ def stack(
     private_postgres: PrivatePostgres, private_redis: PrivateRedis, tmp_path: Path
 ) -> Iterator[Stack]:
     queue = f"lrprobe-fault-{uuid.uuid4().hex[:10]}"
-    url = private_postgres.create_database(f"lrprobe_{uuid.uuid4().hex[:12]}")
-    migrate.upgrade(url)
+    url = migrated(create_postgres_database(admin=private_postgres.admin_url))
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        data_dir=data_dir,
-        database_url=url,
+    settings = make_settings(
+        data_dir,
+        url,
         broker_url=f"{private_redis.url}/{uuid.uuid4().int % 15 + 1}",
         lease_seconds=LEASE,
         requeue_after_seconds=REQUEUE_AFTER,

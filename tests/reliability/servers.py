@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +82,6 @@ class PrivatePostgres:
     @property
     def admin_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def create_database(self, name: str) -> str:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def start(self) -> None:
         options = f"-p {self.port} -h 127.0.0.1 -k {self.dir} -F -c max_connections=200"

@@ -26,7 +26,7 @@ from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
 from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
 from tests.reliability.conftest import LEASE, Stack
 from tests.reliability.servers import wait_until
-from tests.worker.jobs import IRIS_MLP, make_job
+from tests.support.jobs import IRIS_MLP, make_job
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +16,9 @@ import pytest
 import torch
 from sqlalchemy import event, func, select
 
-from lrprobe.service import migrate
 from lrprobe.service.models import DatasetArtifact, Job, ModelArtifact
 from tests.service.api_support import RunningApi, start_api
+from tests.support.databases import sqlite_copy
 from tests.worker.test_checkpoints import HOSTILE
 
 # Where the API's upload check answers with a code of its own rather than the intake's.
@@ -27,23 +26,16 @@ API_CODES = {"empty-file": "empty_upload"}
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "errors"}
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "lrprobe.sqlite"
-    migrate.upgrade(f"sqlite:///{path}")
-    return path
-
-
 def _api(template: Path, tmp_path: Path, **overrides: object) -> Iterator[RunningApi]:
-    shutil.copy(template, tmp_path / "lrprobe.sqlite")
+    url = sqlite_copy(template, tmp_path / "lrprobe.sqlite")
     (tmp_path / "data").mkdir(exist_ok=True)
-    with start_api(f"sqlite:///{tmp_path / 'lrprobe.sqlite'}", tmp_path, **overrides) as api:
+    with start_api(url, tmp_path, **overrides) as api:
         yield api
 
 
 @pytest.fixture
-def api(template: Path, tmp_path: Path) -> Iterator[RunningApi]:
-    yield from _api(template, tmp_path)
+def api(sqlite_template: Path, tmp_path: Path) -> Iterator[RunningApi]:
+    yield from _api(sqlite_template, tmp_path)
 
 
 def problem(
@@ -360,9 +352,9 @@ def test_a_key_probing_another_keys_ids_gets_the_same_404_as_for_no_id(api: Runn
 
 
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
-    template: Path, tmp_path: Path
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
-    for api in _api(template, tmp_path, rate_limit_per_minute=5):
+    for api in _api(sqlite_template, tmp_path, rate_limit_per_minute=5):
         for _ in range(5):
             assert api.client.get("/v1/jobs", headers=api.auth(api.key_a)).status_code == 200
         response = api.client.get("/v1/jobs", headers=api.auth(api.key_a))

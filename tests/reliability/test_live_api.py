@@ -24,6 +24,7 @@ from lrprobe.service.embedded import child_environment
 from lrprobe.service.settings import Settings
 from tests.reliability.servers import Processes, free_port, wait_until
 from tests.service.api_support import safetensors_mlp
+from tests.support.settings import make_settings
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "errors"}
 FUZZ_EXAMPLES = int(os.environ.get("LRPROBE_FUZZ_EXAMPLES", "100"))
@@ -48,8 +49,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     tmp = tmp_path_factory.mktemp("live")
     data = tmp / "data"
     data.mkdir()
-    config = Settings(_env_file=None, data_dir=data, rate_limit_per_minute=1_000_000,  # type: ignore[call-arg]
-                      max_upload_bytes=UPLOAD_CAP, data_roots=[data / "roots"])  # fmt: skip
+    config = make_settings(data, rate_limit_per_minute=1_000_000, max_upload_bytes=UPLOAD_CAP,
+                           data_roots=[data / "roots"])  # fmt: skip
     migrate.upgrade(config.resolved_database_url)
     engine = make_engine(config.resolved_database_url)
     sessions = make_sessionmaker(engine)
@@ -81,7 +82,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
 
 # --- fuzzing from the OpenAPI document ---------------------------------------------------------
 
-_SPEC_SETTINGS = Settings(_env_file=None, data_dir=Path("/nonexistent-lrprobe"))  # type: ignore[call-arg]
+_SPEC_SETTINGS = make_settings(Path("/nonexistent-lrprobe"))
 schema = schemathesis.openapi.from_dict(create_app(_SPEC_SETTINGS).openapi())
 
 

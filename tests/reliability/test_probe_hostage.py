@@ -13,7 +13,7 @@ import pytest
 
 from lrprobe.service.broker import send_job
 from tests.reliability.conftest import Stack
-from tests.worker.jobs import make_job
+from tests.support.jobs import make_job
 
 pytestmark = [
     pytest.mark.slow,

@@ -21,8 +21,10 @@ from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import keys
 from lrprobe.service.app import create_app
 from lrprobe.service.settings import Settings
+from tests.support.settings import make_settings
 
 MLP_CONFIG = {"in_features": 4, "hidden": [8], "out_features": 3}
+API_UPLOAD_CAP = 1 << 20  # small, so that the tests of the upload limit stay small
 
 
 @dataclass
@@ -84,22 +86,9 @@ class RunningApi:
         return str(response.json()["id"])
 
 
-def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": url,
-        "data_roots": [data_dir / "data"],
-        "allowed_data_hosts": ["data.example.com"],
-        "rate_limit_per_minute": 10_000,
-        "sign_in_failures_per_minute": 10_000,
-        "max_upload_bytes": 1 << 20,
-    }
-    return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
-
-
 @contextmanager
 def start_api(url: str, data_dir: Path, **overrides: Any) -> Iterator[RunningApi]:
-    settings = make_settings(url, data_dir, **overrides)
+    settings = make_settings(data_dir, url, **({"max_upload_bytes": API_UPLOAD_CAP} | overrides))
     queue = RecordingQueue()
     app = create_app(settings, queue=queue)
     with TestClient(app) as client:

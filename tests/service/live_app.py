@@ -3,7 +3,6 @@ API instances side by side (each with its own lifespan, engine, caches and event
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -20,8 +19,7 @@ from lrprobe.service.app import create_app
 from lrprobe.service.deps import Services
 from lrprobe.service.settings import Settings
 from tests.service.api_support import RecordingQueue
-
-REDIS = os.environ.get("LRPROBE_TEST_REDIS", "redis://127.0.0.1:6379")
+from tests.support.databases import REDIS
 
 
 def redis_url() -> str:

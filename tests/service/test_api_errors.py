@@ -11,7 +11,8 @@ from lrprobe.client.schemas import ERROR_CODES, Problem
 from lrprobe.service import migrate
 from lrprobe.service.app import create_app
 from lrprobe.service.db import make_engine, make_sessionmaker
-from tests.service.api_support import RunningApi, make_settings, start_api
+from tests.service.api_support import RunningApi, start_api
+from tests.support.settings import make_settings
 
 
 def _problem(response: object, status: int, code: str) -> Problem:
@@ -99,7 +100,7 @@ def test_rate_limit_is_a_429_with_retry_after(tmp_path: Path) -> None:
 
 def test_the_api_refuses_to_start_off_head_and_readyz_reports_drift(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    app = create_app(make_settings(url, tmp_path))
+    app = create_app(make_settings(tmp_path, url))
     with pytest.raises(migrate.SchemaNotAtHeadError, match="lrprobe migrate"), TestClient(app):
         pass
     migrate.upgrade(url)

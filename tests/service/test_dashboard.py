@@ -7,22 +7,21 @@ import csv
 import html
 import io
 import re
-import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import update
 
-from lrprobe.service import lifecycle, migrate
+from lrprobe.service import lifecycle
 from lrprobe.service.dashboard.example import EXAMPLE_LABEL, ensure_example_job
 from lrprobe.service.dashboard.session import SESSION_COOKIE
 from lrprobe.service.models import ApiKey, Job, utcnow
 from tests.service.api_support import RunningApi, probe_result, start_api
-from tests.service.conftest import POSTGRES_ADMIN
+from tests.support.databases import postgres_database, sqlite_copy
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -277,25 +276,18 @@ def test_uploading_a_checkpoint_selects_it(api: RunningApi) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def empty_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningApi]:
-    """The app on a freshly migrated database of its own (the module's PostgreSQL database is
-    shared by its tests, so it is not empty)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
-    else:
-        name = f"lrprobe_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        server = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-        url = f"{server}/{name}"
-    try:
-        migrate.upgrade(url)
-        with start_api(url, tmp_path) as running:
-            yield running
-    finally:
-        if request.param == "postgresql":
-            with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def empty_api(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[RunningApi]:
+    """The app on a migrated database of its own (the module's PostgreSQL database is shared by
+    its tests, so it is not empty)."""
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = sqlite_copy(sqlite_template, tmp_path / "empty.sqlite")
+        else:
+            template = request.getfixturevalue("postgres_template")
+            url = stack.enter_context(postgres_database(template=template))
+        yield stack.enter_context(start_api(url, tmp_path))
 
 
 def test_the_example_job_is_submitted_once_on_an_empty_database(empty_api: RunningApi) -> None:

@@ -18,8 +18,10 @@ from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import events, keys, lifecycle
 from lrprobe.service.db import make_engine, make_sessionmaker
 from lrprobe.service.notify import notifier_for
-from tests.service.api_support import make_settings, probe_result, safetensors_mlp
+from tests.service.api_support import probe_result, safetensors_mlp
 from tests.service.live_app import LiveApp, redis_url, serve
+from tests.support.databases import sqlite_copy
+from tests.support.settings import make_settings
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -59,7 +61,7 @@ def test_job_events_reach_an_open_stream_through_redis_and_resume_after_last_eve
 ) -> None:
     # Given an API process on Redis whose fallback sweep never runs in this test's time,
     monkeypatch.setattr(events, "SLOW_SWEEP_SECONDS", 3600.0)
-    settings = make_settings(migrated_postgres, tmp_path, redis_url=redis_url())
+    settings = make_settings(tmp_path, migrated_postgres, redis_url=redis_url())
     # and a worker announcing its commits on the same Redis, as workers do
     notifier = notifier_for(settings.resolved_redis_url)
     assert notifier is not None
@@ -110,14 +112,11 @@ def _all_events(text: str) -> Iterator[dict[str, str]]:
 
 
 def test_embedded_streams_without_redis_share_one_sweep_and_follow_another_process(
-    migrated_sqlite_template: Path, tmp_path: Path
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
     # Given the embedded mode: SQLite, no Redis, a worker that announces nothing
-    import shutil
-
-    shutil.copy(migrated_sqlite_template, tmp_path / "lrprobe.sqlite")
-    url = f"sqlite:///{tmp_path / 'lrprobe.sqlite'}"
-    settings = make_settings(url, tmp_path)
+    url = sqlite_copy(sqlite_template, tmp_path / "lrprobe.sqlite")
+    settings = make_settings(tmp_path, url)
     assert settings.resolved_redis_url is None
     engine = make_engine(url)
     worker = make_sessionmaker(engine)

@@ -11,26 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lrprobe.service import lifecycle
 from lrprobe.service.lifecycle import Beat, JobStatus, Progress
-from lrprobe.service.models import ApiKey, Job, JobEvent, ModelArtifact, Recommendation, utcnow
+from lrprobe.service.models import Job, JobEvent, Recommendation, utcnow
+from tests.support.jobs import make_job
 
 # Claims race in threads that start together on a barrier, a few times over.
 RACERS, RACES = 8, 5
-
-
-def make_job(sessions: sessionmaker[Session], **overrides: object) -> str:
-    with sessions.begin() as session:
-        owner = ApiKey(
-            id=lifecycle.new_id(), name="k", prefix="lrp_x", secret_hash=lifecycle.new_id()
-        )
-        model = ModelArtifact(
-            id=lifecycle.new_id(), owner_id=owner.id, sha256="0" * 64, filename="m.safetensors",
-            size_bytes=1, format="safetensors",
-        )  # fmt: skip
-        job = Job(id=lifecycle.new_id(), owner_id=owner.id, model_id=model.id, spec={}, **overrides)
-        session.add_all([owner, model])
-        session.flush()
-        session.add(job)
-        return job.id
 
 
 def status(sessions: sessionmaker[Session], job_id: str) -> str:
@@ -95,7 +80,7 @@ def test_reaped_job_is_requeued_and_the_old_worker_cannot_finish_it(
 def test_a_job_that_keeps_killing_workers_fails_with_a_code(
     sessions: sessionmaker[Session],
 ) -> None:
-    job_id = make_job(sessions, attempts=2)
+    job_id = make_job(sessions, columns={"attempts": 2})
     lifecycle.claim(sessions, job_id, "w", lease=1)
     lifecycle.reap(sessions, max_attempts=3, requeue_after=3600, now=utcnow() + timedelta(hours=1))
     with sessions() as session:

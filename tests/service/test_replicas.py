@@ -17,8 +17,9 @@ from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import keys
 from lrprobe.service.app import create_app
 from tests.reliability.servers import wait_until
-from tests.service.api_support import RecordingQueue, make_settings
+from tests.service.api_support import RecordingQueue
 from tests.service.live_app import redis_url
+from tests.support.settings import make_settings
 
 
 @contextmanager
@@ -26,7 +27,7 @@ def replicas(url: str, tmp_path: Path, **overrides: Any) -> Iterator[list[TestCl
     with ExitStack() as stack:
         clients = []
         for n in range(2):
-            settings = make_settings(url, tmp_path / f"replica{n}", **overrides)
+            settings = make_settings(tmp_path / f"replica{n}", url, **overrides)
             app = create_app(settings, queue=RecordingQueue())
             clients.append(stack.enter_context(TestClient(app)))
         yield clients

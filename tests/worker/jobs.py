@@ -1,7 +1,7 @@
-"""Factories for worker tests: settings on a temp data dir, a stored MLP checkpoint, job rows.
+"""Factories for worker tests: a stored MLP checkpoint, a child process's environment, a job
+row read back. Databases, settings and job rows come from tests/support.
 
-Rows are created directly with the ORM (as the API would after validating a request); the
-checkpoint is written through the intake's ``save_checkpoint`` into the content-addressed
+The checkpoint is written through the intake's ``save_checkpoint`` into the content-addressed
 artifact store (``lrprobe.service.artifacts``).
 """
 
@@ -10,32 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from lrprobe.service import lifecycle
 from lrprobe.service.artifacts import ArtifactStore
-from lrprobe.service.db import make_engine, make_sessionmaker
-from lrprobe.service.models import ApiKey, Base, Job, ModelArtifact
+from lrprobe.service.models import Job
 from lrprobe.service.settings import Settings
 from lrprobe.worker.intake.checkpoints.architectures.mlp import MLP, MLPConfig
 from lrprobe.worker.intake.checkpoints.loading import save_checkpoint
-
-POSTGRES_ADMIN = os.environ.get(
-    "LRPROBE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-REDIS = os.environ.get("LRPROBE_TEST_REDIS", "redis://127.0.0.1:6379")
-
-IRIS_MLP = {"sizes": [4, 16, 3], "activation": "tanh"}
-
-
-def settings_for(data_dir: Path, database_url: str | None = None, **overrides: Any) -> Settings:
-    return Settings(data_dir=data_dir, database_url=database_url, _env_file=None, **overrides)  # type: ignore[call-arg]
+from tests.support.jobs import IRIS_MLP
 
 
 def env_for(settings: Settings) -> dict[str, str]:
@@ -53,29 +39,6 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
-def create_postgres_database() -> str:
-    name = f"lrprobe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return f"{base}/{name}"
-
-
-def drop_postgres_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def database(url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(url)
-    Base.metadata.create_all(engine)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
-
 def store_checkpoint(settings: Settings, tmp: Path, config: dict[str, Any] = IRIS_MLP) -> str:
     """Save a seeded MLP into the artifact store; returns its sha256."""
     torch.manual_seed(0)
@@ -84,37 +47,6 @@ def store_checkpoint(settings: Settings, tmp: Path, config: dict[str, Any] = IRI
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     ArtifactStore(settings.resolved_artifact_url).put(source, sha)
     return sha
-
-
-def make_job(
-    sessions: sessionmaker[Session],
-    sha256: str,
-    *,
-    data: str = "builtin://iris",
-    budget: dict[str, Any] | None = None,
-    config: dict[str, Any] = IRIS_MLP,
-    **spec: Any,
-) -> str:
-    with sessions.begin() as session:
-        owner = ApiKey(
-            id=lifecycle.new_id(), name="k", prefix="lrp_t", secret_hash=lifecycle.new_id()
-        )
-        model = ModelArtifact(
-            id=lifecycle.new_id(), owner_id=owner.id, sha256=sha256, filename="m.safetensors",
-            size_bytes=1, format="safetensors", arch="mlp", arch_config=config,
-        )  # fmt: skip
-        body = {
-            "model_id": model.id,
-            "data": data,
-            "loss": "cross_entropy",
-            "budget": {"batches": 8, "batch_size": 32, "heldout_batches": 2} | (budget or {}),
-            "device": "cpu",
-        } | spec
-        job = Job(id=lifecycle.new_id(), owner_id=owner.id, model_id=model.id, spec=body)
-        session.add_all([owner, model])
-        session.flush()
-        session.add(job)
-        return job.id
 
 
 def job_row(sessions: sessionmaker[Session], job_id: str) -> Job:

@@ -12,7 +12,7 @@ from lrprobe.client.schemas import JobCreate
 from lrprobe.service.broker import job_time_limit
 from lrprobe.worker.jobspec import SpecError, optimizer_spec, parse_spec, probe_request
 from lrprobe.worker.newton import OptimizerSpec, ParamGroupSpec
-from tests.worker.jobs import settings_for
+from tests.support.settings import make_settings
 
 STORED = {"model_id": "m1", "data": "builtin://digits", "loss": "mse"}
 
@@ -91,5 +91,5 @@ def test_a_job_spec_is_probed_with_its_own_budget_partition_and_optimizer() -> N
 def test_the_time_limit_is_the_specs_or_the_servers_default(
     stored: dict[str, Any] | None, limit: float, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, default_time_limit_seconds=900.0)
+    settings = make_settings(tmp_path, default_time_limit_seconds=900.0)
     assert job_time_limit(stored, settings) == limit

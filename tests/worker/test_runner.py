@@ -25,15 +25,10 @@ from lrprobe.service.settings import Settings
 from lrprobe.worker import pipeline
 from lrprobe.worker.newton import METHOD_VERSION, NumericalError
 from lrprobe.worker.runner import WorkerContext, run_job
-from tests.worker.jobs import (
-    create_postgres_database,
-    database,
-    drop_postgres_database,
-    job_row,
-    make_job,
-    settings_for,
-    store_checkpoint,
-)
+from tests.support.databases import postgres_database, sessions_for
+from tests.support.jobs import make_job
+from tests.support.settings import make_settings
+from tests.worker.jobs import job_row, store_checkpoint
 
 SLOW = {"batches": 256}
 # Tests that patch the probe in this process run it here (isolation off); the same ways out
@@ -58,11 +53,8 @@ def slow_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    url = create_postgres_database()
-    try:
+    with postgres_database() as url:
         yield url
-    finally:
-        drop_postgres_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -74,13 +66,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    yield from database(database_url)
+    with sessions_for(database_url) as made:
+        yield made
 
 
 def context_for(
     sessions: sessionmaker[Session], tmp_path: Path, **overrides: Any
 ) -> tuple[WorkerContext, str]:
-    settings: Settings = settings_for(tmp_path / "data", **overrides)
+    settings: Settings = make_settings(tmp_path / "data", **overrides)
     return WorkerContext.create(settings, sessions), store_checkpoint(settings, tmp_path)
 
 

@@ -23,7 +23,10 @@ from lrprobe.service import lifecycle
 from lrprobe.service.lifecycle import JobStatus
 from lrprobe.worker.jobspec import SpecError, parse_spec
 from lrprobe.worker.runner import WorkerContext, run_job
-from tests.worker.jobs import database, job_row, make_job, settings_for, store_checkpoint
+from tests.support.databases import sessions_for
+from tests.support.jobs import make_job
+from tests.support.settings import make_settings
+from tests.worker.jobs import job_row, store_checkpoint
 
 CATASTROPHIC = {"rule": {"((((.+)+)+)+)+Z": "g"}}
 # One activation of this model at batch 1024 is 256 MiB: beyond the memory cap below.
@@ -37,11 +40,12 @@ LIMIT = 10.0  # seconds: the smallest time_limit_s a job may ask for
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    yield from database(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    with sessions_for(f"sqlite:///{tmp_path / 'jobs.sqlite'}") as made:
+        yield made
 
 
 def context_for(sessions: sessionmaker[Session], tmp_path: Path, **overrides: Any) -> WorkerContext:
-    return WorkerContext.create(settings_for(tmp_path / "data", **overrides), sessions)
+    return WorkerContext.create(make_settings(tmp_path / "data", **overrides), sessions)
 
 
 def descendants(pid: int) -> set[int]:

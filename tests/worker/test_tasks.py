@@ -10,12 +10,12 @@ from celery import Celery
 from lrprobe.service.broker import RUN_JOB, make_celery, send_job
 from lrprobe.worker import tasks
 from lrprobe.worker.composition import WorkerRoot
-from tests.worker.jobs import settings_for
+from tests.support.settings import make_settings
 
 
 @pytest.fixture
 def app(tmp_path: Path) -> Celery:
-    app = make_celery(settings_for(tmp_path, broker_url="memory://", queue="q-test"))
+    app = make_celery(make_settings(tmp_path, broker_url="memory://", queue="q-test"))
     tasks.register(app)
     return app
 
@@ -29,7 +29,7 @@ def test_the_app_is_configured_for_at_least_once_delivery(app: Celery) -> None:
 
 
 def test_redis_visibility_timeout_exceeds_the_longest_probe(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, broker_url="redis://127.0.0.1:6379/0")
+    settings = make_settings(tmp_path, broker_url="redis://127.0.0.1:6379/0")
     app = make_celery(settings)
     timeout = app.conf.broker_transport_options["visibility_timeout"]
     assert timeout > app.conf.task_time_limit
@@ -59,7 +59,7 @@ def test_send_job_carries_only_the_id_and_the_job_time_limits(app: Celery) -> No
 
 
 def test_the_worker_root_builds_each_part_from_one_settings_on_first_use(tmp_path: Path) -> None:
-    root = WorkerRoot(settings_for(tmp_path, broker_url="memory://", queue="q-root"))
+    root = WorkerRoot(make_settings(tmp_path, broker_url="memory://", queue="q-root"))
 
     assert root.queue == "q-root"
     assert root.celery_app.conf.task_default_queue == "q-root"
