@@ -22,10 +22,11 @@ from lrprobe.client.schemas import ApiKeyCreate
 from lrprobe.service import keys
 from lrprobe.service.app import create_app
 from lrprobe.service.stream_limit import RedisStreamLimit
-from tests.service.api_support import RecordingQueue, make_settings
+from tests.service.api_support import RecordingQueue
 from tests.service.live_app import LiveApp, redis_url, serve
 from tests.service.test_dashboard import _token
 from tests.service.test_event_channel import SSE, _submit
+from tests.support.settings import make_settings
 
 # How long a freed slot may take to be seen free (the server notices a closed connection).
 FREED_WITHIN = 10.0
@@ -75,7 +76,7 @@ def test_a_key_holds_at_most_its_cap_of_open_streams(
     migrated_postgres: str, tmp_path: Path, with_redis: bool
 ) -> None:
     extra = {"redis_url": redis_url()} if with_redis else {}
-    settings = make_settings(migrated_postgres, tmp_path, max_streams_per_key=2, **extra)
+    settings = make_settings(tmp_path, migrated_postgres, max_streams_per_key=2, **extra)
     with ExitStack() as stack:
         live = stack.enter_context(serve(settings))
         a = stack.enter_context(_client(live, _key(live)))
@@ -101,7 +102,7 @@ def test_two_replicas_share_one_keys_stream_cap(migrated_postgres: str, tmp_path
     url = redis_url()
     with ExitStack() as stack:
         one, two = (
-            stack.enter_context(serve(make_settings(migrated_postgres, tmp_path / f"r{n}",
+            stack.enter_context(serve(make_settings(tmp_path / f"r{n}", migrated_postgres,
                                                     max_streams_per_key=2, redis_url=url)))
             for n in range(2)
         )  # fmt: skip
@@ -127,7 +128,7 @@ def test_a_stopping_server_gives_back_the_slots_of_its_open_streams(
     url = redis_url()
 
     def settings(n: int) -> Any:
-        return make_settings(migrated_postgres, tmp_path / f"r{n}", max_streams_per_key=1,
+        return make_settings(tmp_path / f"r{n}", migrated_postgres, max_streams_per_key=1,
                              redis_url=url)  # fmt: skip
 
     with ExitStack() as stack:
@@ -188,7 +189,7 @@ def test_slots_of_a_process_that_died_expire_and_a_live_ones_are_kept() -> None:
 def test_sdk_wait_polls_when_the_key_holds_all_its_streams(
     migrated_postgres: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(migrated_postgres, tmp_path, max_streams_per_key=1)
+    settings = make_settings(tmp_path, migrated_postgres, max_streams_per_key=1)
     with ExitStack() as stack:
         live = stack.enter_context(serve(settings))
         secret = _key(live)
@@ -211,7 +212,7 @@ def _replicas(url: str, tmp_path: Path, address: str, **overrides: Any) -> Itera
     with ExitStack() as stack:
         clients = []
         for n in range(2):
-            settings = make_settings(url, tmp_path / f"replica{n}", **overrides)
+            settings = make_settings(tmp_path / f"replica{n}", url, **overrides)
             app = create_app(settings, queue=RecordingQueue())
             clients.append(stack.enter_context(TestClient(app, client=(address, 50000))))
         yield clients
@@ -259,7 +260,7 @@ def test_without_redis_the_throttle_counts_per_process(
 def test_a_finished_jobs_stream_ends_and_gives_its_slot_back(
     migrated_postgres: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(migrated_postgres, tmp_path, max_streams_per_key=1)
+    settings = make_settings(tmp_path, migrated_postgres, max_streams_per_key=1)
     with ExitStack() as stack:
         live = stack.enter_context(serve(settings))
         client = stack.enter_context(_client(live, _key(live)))
