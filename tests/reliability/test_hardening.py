@@ -28,16 +28,14 @@ from lrprobe.service import lifecycle
 from lrprobe.service.auth_throttle import FailedAuthThrottle
 from lrprobe.service.dashboard.session import SESSION_COOKIE
 from lrprobe.service.models import ApiKey, Job, ModelArtifact
-from tests.reliability.test_hostile_api import _api, problem, stored_nothing, template
+from tests.reliability.test_hostile_api import _api, problem, stored_nothing
 from tests.service.api_support import RunningApi, safetensors_mlp
 from tests.service.test_dashboard import _token, sign_in
 
-__all__ = ["template"]  # the module-scoped fixture, shared with test_hostile_api
-
 
 @pytest.fixture
-def api(template: Path, tmp_path: Path) -> Iterator[RunningApi]:
-    yield from _api(template, tmp_path)
+def api(sqlite_template: Path, tmp_path: Path) -> Iterator[RunningApi]:
+    yield from _api(sqlite_template, tmp_path)
 
 
 def _multipart(size: int) -> bytes:
@@ -113,12 +111,12 @@ def _entries(count: int) -> dict[str, object]:
 
 
 def test_safetensors_headers_over_the_size_or_entry_limit_are_refused(
-    template: Path, tmp_path: Path
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
     many = _entries(MAX_SAFETENSORS_ENTRIES + 1)
     body = _raw_safetensors(many, bytes(4 * (MAX_SAFETENSORS_ENTRIES + 1)))
     huge = struct.pack("<Q", MAX_SAFETENSORS_HEADER + 1) + b"{" + b" " * MAX_SAFETENSORS_HEADER
-    for api in _api(template, tmp_path, max_upload_bytes=16 << 20):
+    for api in _api(sqlite_template, tmp_path, max_upload_bytes=16 << 20):
         for content in (body, huge):
             response = api.upload_model(api.key_a, content, arch="mlp")
             detail = str(problem(response, 415, "unsupported_checkpoint")["detail"])
@@ -460,8 +458,8 @@ def test_swagger_ui_is_served_locally_under_a_csp(api: RunningApi) -> None:
 
 
 @pytest.mark.parametrize("access", ["admin", "open", "off"])
-def test_metrics_follow_their_setting(template: Path, tmp_path: Path, access: str) -> None:
-    for api in _api(template, tmp_path, metrics_access=access):
+def test_metrics_follow_their_setting(sqlite_template: Path, tmp_path: Path, access: str) -> None:
+    for api in _api(sqlite_template, tmp_path, metrics_access=access):
         anonymous = api.client.get("/metrics")
         user = api.client.get("/metrics", headers=api.auth(api.key_a))
         admin = api.client.get("/metrics", headers=api.auth(api.admin))
@@ -503,9 +501,9 @@ def test_sign_out_ends_the_session_even_for_a_copied_cookie(api: RunningApi) -> 
 
 
 def test_failed_sign_ins_and_unknown_keys_are_throttled_per_address(
-    template: Path, tmp_path: Path
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
-    for api in _api(template, tmp_path, sign_in_failures_per_minute=3):
+    for api in _api(sqlite_template, tmp_path, sign_in_failures_per_minute=3):
         for _ in range(3):
             problem(api.client.get("/v1/jobs", headers=api.auth("lrp_guess")), 401)
         response = api.client.get("/v1/jobs", headers=api.auth("lrp_guess"))
