@@ -52,7 +52,9 @@ def test_upload_submit_wait_and_recommendation(api: RunningApi, tmp_path: Path) 
     dataset = lrp.upload_dataset(tmp_path / "d.csv")
     assert lrp.get_dataset(dataset.id) == dataset
     job = lrp.submit(model=model, data="builtin://digits", optimizer="adam", budget={"batches": 4})
-    assert job.status == "queued" and api.queue.sent == [(job.id, None)]
+    # No time limit in the request: the job is sent with the server's default (one reader).
+    default = api.settings.default_time_limit_seconds
+    assert job.status == "queued" and api.queue.sent == [(job.id, default)]
     with pytest.raises(Conflict) as caught:
         job.recommendation()
     assert caught.value.code == "job_not_finished"
