@@ -132,7 +132,9 @@ def model_fields(
 def solver_notes(solution: Solution) -> list[str]:
     if solution.status in (SolveStatus.CUBIC, SolveStatus.NEWTON):
         return []
-    return [f"the cubic rule fell back to {solution.status.value}"]
+    # The trajectory solves Newton (lam_int 0), the fixed-θ probe the cubic rule: name the one used.
+    rule = "the cubic rule" if solution.lam_int > 0 else "Newton's step"
+    return [f"{rule} fell back to {solution.status.value}"]
 
 
 def _coupling(H: Tensor) -> list[list[float]]:

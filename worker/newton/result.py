@@ -30,8 +30,9 @@ class Spread:
 class GroupResult:
     """One group's recommendation and diagnostics (docs/method.md §7.2).
 
-    ``lr`` is what to give the optimizer; ``eta`` is the raw solution of the cubic rule for this
-    direction; ``flags`` explain any departure from ``scale · lr_factor · eta``.
+    ``lr`` is what to give the optimizer; ``eta`` is the solver's η for this direction (the
+    median η̄ of the trajectory's second half by default, the cubic rule's solution with
+    ``method="fixed"``); ``flags`` explain any departure from ``scale · lr_factor · eta``.
     """
 
     name: str
