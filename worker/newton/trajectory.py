@@ -389,12 +389,9 @@ def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float)
     the instability it breeds builds over more steps than a 40-step calibration run sees; a
     wide spread marks the runs where the probe is least sure. On the quality benchmark these
     were the runs that learned and then fell back to chance level (see the module docstring)."""
-    positive = [r for r in rates if r > 0]
     heavy_ball = spec.name in ("sgd", "momentum") and spec.momentum > 0
-    if factor >= 1 or not heavy_ball or len(positive) < 2:
-        return None
-    span = max(positive) / min(positive)
-    if span <= WIDE_SPREAD:
+    span = _span(rates)
+    if factor >= 1 or not heavy_ball or span <= WIDE_SPREAD:
         return None
     return (
         f"momentum {spec.momentum:g} with per-layer rates that span {span:.0f}×: the calibrated "
@@ -411,12 +408,18 @@ def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
     return replace(traj, smoothed=torch.where(ok, pulled, traj.smoothed))
 
 
+def _span(rates: Sequence[float]) -> float:
+    """max / min of the positive rates (1 with fewer than two): the spread both notes judge."""
+    positive = [r for r in rates if r > 0]
+    return max(positive) / min(positive) if len(positive) >= 2 else 1.0
+
+
 def _spread_note(groups: Sequence[GroupResult], single_lr: float) -> str | None:
-    rates = [g.lr for g in groups if "unused" not in g.flags and g.lr > 0]
-    if len(rates) < 2 or max(rates) <= WIDE_SPREAD * min(rates):
+    span = _span([g.lr for g in groups if "unused" not in g.flags])
+    if span <= WIDE_SPREAD:
         return None
     return (
-        f"the per-layer rates span {max(rates) / min(rates):.0f}× (more than {WIDE_SPREAD:.0f}×): "
+        f"the per-layer rates span {span:.0f}× (more than {WIDE_SPREAD:.0f}×): "
         "on the quality benchmark such recommendations missed more of the grid's improvement; "
         f"if training is unstable, try the single-group rate {single_lr:.3g} for every group"
     )

@@ -87,14 +87,8 @@ def _open_file(
         min_examples=min_examples,
         block_size=block_size,
     )
-    try:
+    with _os_errors(path):
         info = os.stat(real)
-    except FileNotFoundError:
-        raise IntakeError(
-            "data_not_found", f"There is no file {path}; check the path in the data reference."
-        ) from None
-    except OSError as exc:
-        raise IntakeError("data_unreadable", f"{path} cannot be read ({exc.strerror}).") from None
     if stat.S_ISDIR(info.st_mode):
 
         def check_directory(directory: Path) -> None:
@@ -112,6 +106,19 @@ def _open_file(
 
 
 @contextlib.contextmanager
+def _os_errors(path: Path) -> Iterator[None]:
+    """A missing or unreadable ``path`` as the intake's error (stat and open say the same)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise IntakeError(
+            "data_not_found", f"There is no file {path}; check the path in the data reference."
+        ) from None
+    except OSError as exc:
+        raise IntakeError("data_unreadable", f"{path} cannot be read ({exc.strerror}).") from None
+
+
+@contextlib.contextmanager
 def _open_checked(path: Path, policy: DataPolicy) -> Iterator[BinaryIO]:
     """Open a regular file, refusing it if it is, or has become, something outside the roots.
 
@@ -126,14 +133,8 @@ def _open_checked(path: Path, policy: DataPolicy) -> Iterator[BinaryIO]:
             "data_ref_refused",
             f"{path.name} leads outside the data roots; copy the data under a data root.",
         )
-    try:
+    with _os_errors(path):
         fd = os.open(real, flags)
-    except FileNotFoundError:
-        raise IntakeError(
-            "data_not_found", f"There is no file {path}; check the path in the data reference."
-        ) from None
-    except OSError as exc:
-        raise IntakeError("data_unreadable", f"{path} cannot be read ({exc.strerror}).") from None
     with os.fdopen(fd, "rb") as handle:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
