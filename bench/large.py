@@ -83,6 +83,18 @@ def run_child(command: list[str]) -> tuple[float, int, str]:
     return seconds, peak, done.stdout + done.stderr
 
 
+# The probe's child: on CUDA it also reports the device's peak allocated memory when it exits
+# (the CLI ends through sys.exit, which runs atexit handlers).
+_PROBE = """
+import atexit, sys, torch
+def _cuda_peak():
+    if torch.cuda.is_initialized():
+        print("cuda_peak_bytes", torch.cuda.max_memory_allocated(), file=sys.stderr)
+atexit.register(_cuda_peak)
+from lrprobe.cli.app import main
+main()
+"""
+
 _BASELINE = """
 import sys, torch, transformers
 import lrprobe.cli.app, lrprobe.worker.pipeline
@@ -118,7 +130,7 @@ def main() -> None:
         num_params = save_model(args, folder)
         _, baseline, _ = run_child([sys.executable, "-c", _BASELINE, str(folder)])
         command = [
-            sys.executable, "-c", "from lrprobe.cli.app import main; main()", "probe",
+            sys.executable, "-c", _PROBE, "probe",
             "--model", str(folder),
             "--data", str(work / "tokens.npy"), "--block-size", str(args.context),
             "--loss", "lm_cross_entropy", "--optimizer", args.optimizer,
@@ -136,6 +148,8 @@ def main() -> None:
     model_bytes = 4 * num_params
     state_bytes = _STATE_FLOATS.get(args.optimizer, 2) * model_bytes
     cost = result["cost"]
+    peaks = [line.split()[1] for line in output.splitlines() if line.startswith("cuda_peak_")]
+    cuda_peak = int(peaks[0]) if peaks else None
     report: dict[str, Any] = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "parameters": num_params,
@@ -153,6 +167,10 @@ def main() -> None:
         "peak_above_baseline_over_model_plus_state": round(
             (peak - baseline) / (model_bytes + state_bytes), 2
         ),
+        "cuda_peak_mib": None if cuda_peak is None else round(cuda_peak / 2**20),
+        "cuda_peak_over_model_plus_state": (
+            None if cuda_peak is None else round(cuda_peak / (model_bytes + state_bytes), 2)
+        ),
         "scale": result["scale"],
         "notes": result["notes"],
     }
@@ -161,7 +179,12 @@ def main() -> None:
         print(f"{key:>40}: {report[key]}")
     for key in ("fb_equivalents", "peak_rss_mib", "baseline_rss_mib", "model_plus_state_mib"):
         print(f"{key:>40}: {report[key]}")
-    for key in ("peak_over_model_plus_state", "peak_above_baseline_over_model_plus_state"):
+    for key in (
+        "peak_over_model_plus_state",
+        "peak_above_baseline_over_model_plus_state",
+        "cuda_peak_mib",
+        "cuda_peak_over_model_plus_state",
+    ):
         print(f"{key:>40}: {report[key]}")
     print(f"{'passes':>40}: {report['passes']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,49 @@ def test_out_of_memory_even_one_example_at_a_time_fails_with_advice() -> None:
 
     assert out.startswith("failed out_of_memory"), out
     assert "device with more memory" in out
+
+
+# The same on CUDA: the child caps the caching allocator at what it holds after warming up plus
+# a little headroom (torch.cuda.set_per_process_memory_fraction), so the failures are CUDA's own
+# OutOfMemoryError from the real allocator.
+_CUDA_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from lrprobe.worker.newton import partition, summaries
+    torch.manual_seed(0)
+    width, n = 1024, int(sys.argv[2])
+    model = torch.nn.Sequential(
+        torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 10)
+    ).cuda()
+    def loss_fn(m, b):
+        return torch.nn.functional.cross_entropy(m(b[0]), b[1])
+    g = torch.Generator(device="cuda").manual_seed(1)
+    batch = (torch.randn(n, width, device="cuda", generator=g),
+             torch.randint(10, (n,), device="cuda", generator=g))
+    groups = partition(model)
+    u = {k: p.detach().clone() for k, p in model.named_parameters()}
+    summaries(model, loss_fn, tuple(t[:8] for t in batch), u, groups)  # warm-up
+    torch.cuda.synchronize()
+    cap = torch.cuda.memory_reserved() + (int(sys.argv[1]) << 20)
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(cap / total)
+    s = summaries(model, loss_fn, batch, u, groups)
+    print("fitted", s.micro_batch, torch.cuda.max_memory_reserved() <= cap)
+    """
+)
+
+
+@pytest.mark.gpu
+def test_on_cuda_running_out_of_memory_retries_at_half_the_micro_batch() -> None:
+    # 65,536 examples × 1024 activations in float32 is 256 MiB per copy of an activation,
+    # several times the 64 MiB of headroom; a few thousand examples at a time fit.
+    done = subprocess.run(
+        [sys.executable, "-c", _CUDA_CHILD, "64", "65536"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    out = done.stdout.strip()
+
+    assert done.returncode == 0 and out.startswith("fitted "), done.stdout + done.stderr
+    fitted, within_cap = int(out.split()[1]), out.split()[2]
+    assert fitted < 65536 and 65536 % fitted == 0  # halved from the whole batch, exactly
+    assert within_cap == "True"

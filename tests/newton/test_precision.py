@@ -6,6 +6,8 @@ so the only difference left is the arithmetic of the passes.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -156,5 +158,118 @@ def test_a_bfloat16_models_recommendation_matches_its_float32_twin(optimizer: st
     assert half.scale == full.scale
     for h, f in zip(half.groups, full.groups, strict=True):
         assert h.name == f.name
+        assert h.lr == pytest.approx(f.lr, rel=0.15), h.name
+    assert half.single_group_lr == pytest.approx(full.single_group_lr, rel=0.15)
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA. TF32 and CUDA autocast only exist there (on the CPU the TF32 switch changes nothing), so
+# these are the tests that catch either reaching the derivatives.
+
+
+def _wide_mlp() -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """A float32 tanh MLP wide enough for cuBLAS to take its TF32 kernels, and a batch."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 256), torch.nn.Tanh(), torch.nn.Linear(256, 256), torch.nn.Tanh(),
+        torch.nn.Linear(256, 10),
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    return model, (torch.randn(512, 256, generator=generator),
+                   torch.randint(10, (512,), generator=generator))  # fmt: skip
+
+
+def _cross_entropy(m: torch.nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(m(b[0]), b[1])
+
+
+def _on_cuda(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, ...], direction: dict[str, torch.Tensor]
+) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    cuda = torch.device("cuda")
+    return (
+        model.to(cuda),
+        tuple(t.to(cuda) for t in batch),
+        {n: u.to(cuda) for n, u in direction.items()},
+    )
+
+
+def twin_of(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    return copy.deepcopy(model).to(dtype)
+
+
+def _error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).abs().max()) / float(want.abs().max())
+
+
+@pytest.mark.gpu
+def test_on_cuda_global_tf32_does_not_reach_the_derivatives() -> None:
+    model, batch = _wide_mlp()
+    wide = twin_of(model, torch.float64)
+    groups = partition(model, rule="layer")
+    direction = {k: v.float().double() for k, v in gradient(wide, _cross_entropy,
+                 (batch[0].double(), batch[1])).items()}  # fmt: skip
+    want = reference(wide, _cross_entropy, (batch[0].double(), batch[1]), direction,
+                     [g.param_names for g in groups])  # fmt: skip
+    model, cuda_batch, cuda_direction = _on_cuda(model, batch, direction)
+
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        got = summaries(model, _cross_entropy, cuda_batch, cuda_direction, groups)
+        lossy = summaries(model, _cross_entropy, cuda_batch, cuda_direction, groups,
+                          precision="model")  # fmt: skip
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+
+    # The control: with TF32 on, the same passes lose about three decimal digits on this GPU.
+    assert _error(lossy.H, want.H) > 10 * _error(got.H, want.H), (lossy.H, got.H)
+    assert_scaled_close(got.g, want.g, rel=1e-5, what="g with TF32 on")
+    assert_scaled_close(got.H, want.H, rel=1e-5, what="H with TF32 on")
+    assert got.d3 is not None and want.d3 is not None
+    assert_scaled_close(got.d3, want.d3, rel=1e-4, what="d3 with TF32 on")
+
+
+@pytest.mark.gpu
+def test_on_cuda_a_bfloat16_model_under_autocast_gets_float32_derivatives(problem) -> None:  # type: ignore[no-untyped-def]
+    model, _, direction, groups, want = problem
+    cuda_model, batch, cuda_direction = _on_cuda(twin_of(model, torch.bfloat16), tokens(1),
+                                                 direction)  # fmt: skip
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = summaries(cuda_model, LOSS, batch, cuda_direction, groups)
+
+    assert_scaled_close(got.g, want.g, rel=1e-5, what="g on CUDA")
+    assert_scaled_close(got.H, want.H, rel=1e-5, what="H on CUDA")
+    assert_scaled_close(got.d3, want.d3, rel=1e-4, what="d3 on CUDA")
+    assert all(p.dtype == torch.bfloat16 for p in cuda_model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_on_cuda_a_bfloat16_models_recommendation_matches_its_float32_twin(
+    optimizer: str,
+) -> None:
+    cuda = torch.device("cuda")
+    model = gpt_bf16()
+    full = twin(model, torch.float32).to(cuda)
+    pair = (model.to(cuda), full)
+    results = [
+        probe(
+            m,
+            LOSS,
+            (tuple(t.to(cuda) for t in shifted_tokens(k)) for k in range(10**6)),
+            optimizer,
+            "block",
+            steps=16,
+            period=4,
+            calibration_steps=16,
+        )
+        for m in pair
+    ]
+
+    half, full = results
+    assert half.cost.device.startswith("cuda") and full.cost.device.startswith("cuda")
+    for h, f in zip(half.groups, full.groups, strict=True):
         assert h.lr == pytest.approx(f.lr, rel=0.15), h.name
     assert half.single_group_lr == pytest.approx(full.single_group_lr, rel=0.15)
