@@ -9,6 +9,7 @@ peak allocated).
     python -m bench.core                 # the README table (MLP and CNN, S = 4, 8, 16, 32)
     python -m bench.core --quick         # a smoke run
     python -m bench.core --device cuda   # on a GPU
+    python -m bench.core --device cuda --models mlp --width 4096 --batch 2048   # GPU-sized
     python -m bench.core --quick --models mlp --sizes 2 --no-memory   # the test suite's smoke run
 """
 
@@ -184,19 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sizes", nargs="+", type=int, help="numbers of groups S (default: 4 8 16 32; quick: 4 8)"
     )
+    parser.add_argument("--width", type=int, help="override the models' width (GPU: try 4096)")
+    parser.add_argument("--batch", type=int, help="override the batch size")
     args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
     sizes = args.sizes or ((4, 8) if args.quick else (4, 8, 16, 32))
     configs = []
     if "mlp" in args.models:
-        configs += [
-            Config("mlp", S, 64 if args.quick else 512, 64 if args.quick else 256) for S in sizes
-        ]
+        width, batch = (64, 64) if args.quick else (512, 256)
+        configs += [Config("mlp", S, args.width or width, args.batch or batch) for S in sizes]
     if "cnn" in args.models:
-        configs += [
-            Config("cnn", S, 8 if args.quick else 16, 16 if args.quick else 64) for S in sizes
-        ]
+        width, batch = (8, 16) if args.quick else (16, 64)
+        configs += [Config("cnn", S, args.width or width, args.batch or batch) for S in sizes]
     repeats = 2 if args.quick else args.repeats
     header = (
         "| model | S | FB (ms) | ḡ,H̄ (FB) | ḡ,H̄ / S | ḡ,H̄,d3 (FB) | ḡ,H̄,d3 / S "
