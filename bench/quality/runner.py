@@ -255,7 +255,22 @@ def peer_factory(name: str, optimizer: str) -> OptimizerFactory:
 
 def run_probe(task: Task, job: Job, start: Any, kwargs: Mapping[str, Any]) -> tuple[Any, float]:
     model, optimizer = restore(task, job, start, 0.0)
-    batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 40_000)
+    kwargs = dict(kwargs)
+    train_split = task.train
+    fraction = kwargs.pop("validation_fraction", None)
+    if fraction:
+        # A validation split of the training data that the probe never trains on (the test
+        # split stays unseen); training afterwards uses the whole training set, as a user would.
+        generator = torch.Generator().manual_seed(job.seed)
+        order = torch.randperm(len(task.train[1]), generator=generator)
+        cut = int(len(order) * (1 - fraction))
+        train_split = tuple(t[order[:cut]] for t in task.train)
+        held = tuple(t[order[cut:]] for t in task.train)
+        kwargs["validation"] = [
+            tuple(t[i : i + task.batch_size] for t in held)
+            for i in range(0, len(held[1]), task.batch_size)
+        ]
+    batches = minibatches(*train_split, batch_size=task.batch_size, seed=job.seed + 40_000)
     started = time.perf_counter()
     opt: Any = optimizer if start[1] is not None else job.optimizer
     if opt == "adamw":

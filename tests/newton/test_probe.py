@@ -496,3 +496,61 @@ def test_a_wide_spread_of_per_layer_rates_is_noted_with_the_single_group_rate() 
     # an unused group's rate says nothing about the others
     unused = [replace(wide[0], flags=("unused",)), *wide[1:]]
     assert _spread_note(unused, 0.5) is None
+
+
+def _calibration_batches(x, y, result: ProbeResult, steps: int, period: int, count: int):
+    """The batches the calibration runs trained on: those after the trajectory's steps and its
+    summary batches in the probe's stream (``_quick`` draws them with seed 1)."""
+    stream = minibatches(x, y, batch_size=32, seed=1)
+    drawn = [next(stream) for _ in range(steps + -(-steps // period) + count)]
+    return drawn[steps + -(-steps // period) :]
+
+
+def test_with_validation_batches_each_candidate_scores_their_change_in_loss() -> None:
+    """Re-done apart from the probe: for each candidate, torch's SGD over the candidate's rates
+    on the calibration batches from the checkpoint, then the loss on the validation batches."""
+    (x, y), heldout = _split()
+    validation = [(heldout[0][:128], heldout[1][:128]), (heldout[0][128:], heldout[1][128:])]
+    candidates = (0.1, 0.3, 1.0)
+    result = _quick(_mlp(), x, y, calibrate=candidates, validation=validation)
+
+    def validation_loss(model: nn.Module) -> float:
+        return sum(_heldout_loss(model, batch) for batch in validation) / len(validation)
+
+    before = validation_loss(_mlp())
+    assert not any("fallback_global" in g.flags for g in result.groups)
+    for check in result.scale_checks:
+        model = _mlp()
+        groups = result.param_groups(model)
+        for group, g in zip(groups, result.groups, strict=True):
+            group["lr"] = check.scale * g.eta
+        optimizer = torch.optim.SGD(groups)
+        for batch in _calibration_batches(x, y, result, steps=8, period=2, count=4):
+            optimizer.zero_grad()
+            losses.cross_entropy(model, batch).backward()
+            optimizer.step()
+        assert check.realised == pytest.approx(validation_loss(model) - before, rel=1e-5, abs=1e-7)
+
+
+def test_validation_batches_that_training_makes_worse_pick_the_smallest_candidate() -> None:
+    (x, y), heldout = _split()
+    shuffled = heldout[1][
+        torch.randperm(len(heldout[1]), generator=torch.Generator().manual_seed(3))
+    ]
+    candidates = (0.1, 0.3, 1.0)
+
+    on_training_loss = _quick(_mlp(), x, y, calibrate=candidates)
+    on_noise = _quick(_mlp(), x, y, calibrate=candidates, validation=[(heldout[0], shuffled)])
+
+    assert on_training_loss.scale > 0.1  # the control: on the training loss a larger λ₁ wins
+    # Labels that have nothing to do with the inputs: the further a run fits the training
+    # data, the worse they fare.
+    realised = [c.realised for c in on_noise.scale_checks]
+    assert realised == sorted(realised), realised
+    assert on_noise.scale == 0.1
+
+
+def test_validation_batches_are_refused_by_the_fixed_method() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="trajectory"):
+        _quick(_mlp(), x, y, method="fixed", validation=[(x[:32], y[:32])])

@@ -59,6 +59,7 @@ def probe(
     progress: Callable[[ProbeProgress], None] | None = None,
     micro_batch: int | None = None,
     precision: Precision = "float32",
+    validation: Iterable[Any] | None = None,
 ) -> ProbeResult:
     """Recommend one learning rate per parameter group for the optimizer the user trains with.
 
@@ -123,6 +124,9 @@ def probe(
             accumulate, so that a batch larger than one pass holds can be probed (exact for a
             loss that is a mean over examples; None: whole batches). Memory that runs out
             halves it, down to one example, before ``out_of_memory``.
+        validation: batches the probe never trains on (a held-out split of the user's data).
+            Each λ₁ candidate is then scored by the change of their mean loss (eval mode) over
+            its calibration run instead of by the training loss.
         precision: ``"float32"``: derivatives of a bfloat16/float16 model or one run under
             autocast are taken in float32 with TF32 off; the trajectory's steps stay in the
             model's own precision, as in training. ``"model"``: derivatives as the model runs.
@@ -142,8 +146,11 @@ def probe(
             shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,
+            validation=tuple(validation) if validation is not None else (),
         )  # fmt: skip
     elif method == "fixed":
+        if validation is not None:
+            raise ValueError("validation batches apply to method='trajectory' only")
         options = FixedOptions(
             num_batches=num_batches, heldout_batches=heldout_batches,
             lam_int=1.0 if lam_int is None else lam_int,

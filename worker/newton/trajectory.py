@@ -171,6 +171,9 @@ class TrajectoryOptions:
     seed: int = 0
     micro_batch: int | None = None
     precision: Precision = "float32"
+    # Batches the probe never trains on; when given, each calibration run is scored by how much
+    # it lowered their loss instead of the training loss (for data sets small enough to overfit).
+    validation: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 2 or self.period < 1 or not 0 <= self.smoothing < 1 or self.scale <= 0:
@@ -277,21 +280,24 @@ def trajectory_probe(
     if options.calibrate:
         calibration_batches = drawn[steps + evaluations :]
 
-        def run_losses(per_group: list[float]) -> list[float]:
+        def run_losses(per_group: list[float]) -> CalibrationRun:
             with preserved(model, options.seed):
                 run = calibration_losses(
                     model, loss_fn, calibration_batches, spec, groups, per_group,
                     optimizer_state, seed=options.seed + CALIBRATION_SEED, fb_timer=meter.fb,
-                    micro_batch=options.micro_batch,
+                    micro_batch=options.micro_batch, validation=options.validation,
                 )  # fmt: skip
-            for _ in run:
+            for _ in run.losses:
                 meter.tick("calibration")
             return run
 
         rates = [float(e) if e > 0 else eta_single for e in eta]
         prior = scale
+        baseline = (
+            validation_loss(model, loss_fn, options.validation) if options.validation else None
+        )
         scale, scale_checks, calibration_note = calibrate_scale(
-            run_losses, rates, options.calibrate, options.calibration_steps
+            run_losses, rates, options.calibrate, options.calibration_steps, baseline
         )
         if calibration_note:
             notes.append(calibration_note)
@@ -345,21 +351,24 @@ def trajectory_probe(
 
 
 def calibrate_scale(
-    run_losses: Callable[[list[float]], list[float]],
+    run_losses: Callable[[list[float]], CalibrationRun],
     rates: Sequence[float],
     candidates: Sequence[float],
     steps: int,
+    validation_baseline: float | None = None,
 ) -> tuple[float, list[ScaleCheck], str | None]:
     """λ₁: the candidate whose calibration run ends with the lowest training loss.
 
     λ₁ by a short run of the user's optimizer per candidate: the one-step model cannot say how
     large a fixed rate stays stable over hundreds of steps (quality benchmark). A run scores
     the mean loss of its last quarter minus its first loss; a run that stopped early or went
-    non-finite scores +∞.
+    non-finite scores +∞. With validation batches, a run scores their loss after it minus
+    ``validation_baseline`` (their loss at the checkpoint) instead.
 
     Args:
-        run_losses: the training losses of a ``steps``-step run from the checkpoint at the
-            given per-group rates (the same batches for every call).
+        run_losses: a ``steps``-step run from the checkpoint at the given per-group rates (the
+            same batches for every call): its training losses and, with validation batches,
+            their loss at its end.
         rates: the per-group rates ``η̄_s`` that each candidate multiplies.
 
     Returns:
@@ -369,9 +378,17 @@ def calibrate_scale(
     checks = []
     for candidate in candidates:
         run = run_losses([candidate * r for r in rates])
-        tail_losses = run[-max(1, len(run) // 4) :]
-        finite = len(run) == steps and all(map(math.isfinite, run))
-        change = sum(tail_losses) / len(tail_losses) - run[0] if finite else math.inf
+        losses = run.losses
+        tail_losses = losses[-max(1, len(losses) // 4) :]
+        finite = len(losses) == steps and all(map(math.isfinite, losses))
+        if not finite:
+            change = math.inf
+        elif run.validation is not None and validation_baseline is not None:
+            change = run.validation - validation_baseline if math.isfinite(run.validation) else (
+                math.inf
+            )  # fmt: skip
+        else:
+            change = sum(tail_losses) / len(tail_losses) - losses[0]
         checks.append(ScaleCheck(candidate, math.nan, change))
     best = min(checks, key=lambda c: c.realised)
     if math.isfinite(best.realised) and best.realised < 0:
@@ -626,13 +643,16 @@ def calibration_losses(
     seed: int,
     fb_timer: FbTimer,
     micro_batch: int | None = None,
-) -> list[float]:
+    validation: Sequence[Any] = (),
+) -> CalibrationRun:
     """Training losses of a short run of the user's optimizer from the checkpoint with the
     per-group ``rates``, on ``batches`` (the same batches for every candidate, so that the
     comparison between candidates is not drowned in batch noise). Stops at a non-finite loss.
     ``model`` is trained in place and put back (:func:`scratch`); steps accumulate gradients
-    over micro-batches of ``micro_batch`` examples."""
+    over micro-batches of ``micro_batch`` examples. With ``validation`` batches, also their mean
+    loss at the end of the run."""
     losses = []
+    validated = None
     with scratch(model) as work:
         params = dict(work.named_parameters())
         trained = [params[n] for g in groups for n in g.param_names]
@@ -651,4 +671,24 @@ def calibration_losses(
                 if not value < float("inf"):  # also catches NaN
                     break
             optimizer.step()
-    return losses
+        if validation and len(losses) == len(batches):
+            validated = validation_loss(work, loss_fn, validation)
+    return CalibrationRun(losses, validated)
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    losses: list[float]
+    validation: float | None = None
+
+
+def validation_loss(model: nn.Module, loss_fn: LossFn, batches: Sequence[Any]) -> float:
+    """Mean loss over ``batches`` in eval mode (dropout off, BatchNorm on its running
+    statistics), without gradients; the model's mode is put back."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return sum(float(loss_fn(model, batch)) for batch in batches) / len(batches)
+    finally:
+        model.train(training)
