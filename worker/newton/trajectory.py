@@ -1,5 +1,20 @@
 """The trajectory probe: a short grouped-Newton run, then a calibrated global scale.
 
+Tried after gn-probe/0.4 and not adopted (issue 11, third round; ``bench/quality``, 300 steps;
+regret as in the README; "behind" = cells more than 0.05 behind the same probe's single-group
+rate):
+
+- λ₁ scored on a validation split (``validation=``, variant ``val-0.2``: 20 % of the training
+  data held out of the probe's batches). On the wine tasks, where the rates overfit (2 tasks ×
+  2 starts × 3 optimizers × 3 seeds): median 0.046 → 0.042, mean 0.100 → 0.106, worst 0.329 →
+  0.293, 6 cells better and 2 worse by more than 0.01, still 3 behind. On AdamW across the 9
+  tasks (2 seeds): median −0.001 → 0.003, worst 0.120 → 0.318 (wine-resmlp, warm). With 27
+  validation examples the contest trades one noise for another. Kept as an option.
+- AdamW only, on the 9 tasks × 2 starts × 2 seeds: bounds 3 instead of 10: median −0.001 →
+  −0.001, worst 0.120 → 0.104, 7 cells better and 4 worse, behind 2 → 1, but breast_cancer warm
+  −0.047 → 0.104; shrink 0.5: median 0.003, worst 0.103, 4 better and 4 worse. Too close to
+  tell apart on two seeds; a full three-seed run is the next step for the bounds.
+
 gn-probe/0.4 (issue 11, second round) changed one thing: when the user's optimizer has
 heavy-ball momentum and the per-layer rates span more than 30× (:data:`WIDE_SPREAD`, the
 spread the notes already warned about), the calibrated λ₁ is halved and a note says so. The
