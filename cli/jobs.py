@@ -68,6 +68,8 @@ def submit_command(
     block_size: opt.BlockSize = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    micro_batch: opt.MicroBatch = None,
+    calibration_steps: opt.CalibrationSteps = 40,
     label: Annotated[str | None, typer.Option(help="A name for the job.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result and print it.")] = False,
     timeout: Timeout = None,
@@ -104,7 +106,8 @@ def submit_command(
             },
             partition={"rule": rules, "max_groups": max_groups},
             budget={"batches": batches, "batch_size": batch_size,
-                    "heldout_batches": heldout_batches},
+                    "heldout_batches": heldout_batches, "calibration_steps": calibration_steps,
+                    "micro_batch": micro_batch},
             seed=seed, block_size=block_size, device=device,  # type: ignore[arg-type]
             label=label,
         )  # fmt: skip

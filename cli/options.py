@@ -33,6 +33,17 @@ Batches = Annotated[
 BatchSize = Annotated[int, typer.Option(help="Examples per batch.")]
 HeldoutBatches = Annotated[int, typer.Option(help="Held-out batches for the check.")]
 BlockSize = Annotated[int | None, typer.Option(help="Tokens per sequence (LMs).")]
+MicroBatch = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Examples per pass: larger batches are accumulated, exactly (default: whole "
+        "batches; memory that runs out halves it).",
+    ),
+]
+CalibrationSteps = Annotated[
+    int, typer.Option(min=1, help="Steps of each λ₁ calibration run (40 benchmarked).")
+]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 JsonOut = Annotated[

@@ -37,17 +37,8 @@ def probe_command(
     block_size: opt.BlockSize = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
-    micro_batch: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Examples per pass: larger batches are accumulated, exactly (default: whole "
-            "batches; memory that runs out halves it).",
-        ),
-    ] = None,
-    calibration_steps: Annotated[
-        int, typer.Option(min=1, help="Steps of each λ₁ calibration run (40 benchmarked).")
-    ] = 40,
+    micro_batch: opt.MicroBatch = None,
+    calibration_steps: opt.CalibrationSteps = 40,
     data_root: Annotated[
         list[Path] | None, typer.Option(help="Directory file:// references may read (repeat).")
     ] = None,

@@ -266,6 +266,21 @@ class BudgetSpec(BaseModel):
     )
     batch_size: StrictInt = Field(128, ge=1, le=8192, description="Examples per batch (1-8192).")
     heldout_batches: StrictInt = Field(4, ge=1, le=64, description="Held-out batches (1-64).")
+    calibration_steps: StrictInt = Field(
+        40,
+        ge=1,
+        le=256,
+        description="The length of each λ₁ calibration run in steps (1-256; 40 was "
+        "benchmarked). The trajectory method runs three candidates.",
+    )
+    micro_batch: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=8192,
+        description="Examples per pass (1-8192): passes run on micro-batches and accumulate, "
+        "exactly for a mean loss; default: the whole batch. A pass that runs out of memory is "
+        "retried at half the size.",
+    )
     time_limit_s: StrictFloat | None = Field(
         None,
         ge=10.0,

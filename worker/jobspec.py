@@ -58,7 +58,7 @@ def optimizer_spec(wire: schemas.OptimizerSpec) -> OptimizerSpec:
 
 
 def probe_request(spec: schemas.JobCreate) -> ProbeRequest:
-    """What a job probes with (a local run adds ``micro_batch`` and ``calibration_steps``)."""
+    """What a job probes with."""
     return ProbeRequest(
         loss=spec.loss,
         optimizer=optimizer_spec(spec.optimizer),
@@ -67,6 +67,8 @@ def probe_request(spec: schemas.JobCreate) -> ProbeRequest:
         batches=spec.budget.batches,
         batch_size=spec.budget.batch_size,
         heldout_batches=spec.budget.heldout_batches,
+        calibration_steps=spec.budget.calibration_steps,
+        micro_batch=spec.budget.micro_batch,
         block_size=spec.block_size,
         seed=spec.seed,
         device=spec.device,

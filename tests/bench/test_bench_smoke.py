@@ -1,6 +1,6 @@
-"""The benchmarks still run: ``bench.core`` and ``bench.load`` on the smallest configuration each
-takes, as a user runs them (``python -m``), checked for the rows they print, not for their
-figures (those are machine-dependent and belong in the README, not in a test)."""
+"""The benchmarks still run: ``bench.core``, ``bench.large`` and ``bench.load`` on the smallest
+configuration each takes, as a user runs them (``python -m``), checked for the rows they print,
+not for their figures (those are machine-dependent and belong in the README, not in a test)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,32 @@ def test_bench_core_measures_the_peak_memory_of_one_call() -> None:
 
     run = runners(Config("mlp", 2, 8, 8), "cpu")
     assert measure_peak(run["gHd3"], "cpu") >= 0
+
+
+# A 2-block GPT-2 of width 32, 2 trajectory steps, 1 calibration step per candidate.
+LARGE = ("bench.large", "--layers", "2", "--width", "32", "--heads", "2", "--steps", "2",
+         "--calibration-steps", "1", "--tokens", "20000")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], ["--service"]], ids=["cli", "service"])
+def test_bench_large_probes_a_small_gpt2_through_the_cli_and_the_service(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    pytest.importorskip("transformers")
+    out = tmp_path / "large.json"
+    printed = _run(*LARGE, *mode, "--out", str(out))
+    report = json.loads(out.read_text())
+    assert "groups: 15" in printed
+    assert report["mode"] == ("service" if mode else "cli")
+    # 2 steps and 3 calibration runs of 1 step each: the job kept its calibration length.
+    assert report["passes"]["forward_backward"] == 6
+    assert report["peak_rss_mib"] > 0
+    if mode:
+        service = report["service"]
+        assert service["model_format"] == "hf" and service["attempts"] == 1
+        assert service["peak_rss_by_role_mib"]["probe"] == report["peak_rss_mib"]
+        assert service["tree_peak_rss_mib"] >= report["peak_rss_mib"]
 
 
 def _needs_wrk() -> None:

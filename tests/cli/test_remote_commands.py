@@ -84,6 +84,19 @@ def test_submit_then_ls_show_wait_export(api: RunningApi, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "out.json").read_text())["method_version"] == "gn-probe/0.1"
 
 
+def test_submit_sends_the_calibration_length_and_the_micro_batch(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    path = tmp_path / "mlp.safetensors"
+    path.write_bytes(safetensors_mlp())
+    budget_flags = ["--calibration-steps", "4", "--micro-batch", "8"]
+    result = lrprobe("submit", "--model", str(path), "--data", "builtin://digits",
+                     *budget_flags, "--format", "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    budget = json.loads(result.output)["spec"]["budget"]
+    assert (budget["calibration_steps"], budget["micro_batch"]) == (4, 8)
+
+
 def test_cancel_and_a_failed_wait(api: RunningApi, tmp_path: Path) -> None:
     job_id = submitted(api, tmp_path)
     assert lrprobe("jobs", "cancel", job_id).output.strip() == f"cancelled {job_id}"

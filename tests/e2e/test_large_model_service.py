@@ -1,7 +1,8 @@
 """A GPT-2-class Hugging Face checkpoint probed end to end through the service, at a reduced
 size: 12 blocks as in GPT-2 small, narrow enough for a test (``bench/large.py`` runs the full
-size through ``lrprobe probe``). Upload the folder, upload byte tokens of the standard
-library's source, submit, wait, build the optimizer from the recommendation."""
+size through ``lrprobe probe``, and with ``--service`` through the service). Upload the folder,
+upload byte tokens of the standard library's source, submit, wait, build the optimizer from the
+recommendation."""
 
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ def test_a_twelve_block_hf_transformer_is_probed_per_block(
     dataset = service.upload_dataset(tmp_path / "tokens.npy")
     job = service.submit(
         model=uploaded, data=dataset, loss="lm_cross_entropy", optimizer="adamw",
-        budget={"batches": 4, "batch_size": 4}, block_size=8, device="cpu", wait=True,
-        timeout=1800,  # 3 × 40 calibration steps of 12 blocks: minutes on a busy shared CPU
+        budget={"batches": 4, "batch_size": 4, "calibration_steps": 4}, block_size=8,
+        device="cpu", wait=True, timeout=1800,
     )  # fmt: skip
     rec = job.recommendation()
 
     assert job.status == "succeeded", job
+    # The job's calibration length reached the probe: 3 runs of 4 steps, not of the default 40.
+    assert rec.data.cost.passes["forward_backward"] < 40
     # 75 layers → the automatic cap probes one group per block, embeddings and final norm apart.
     assert [g.name for g in rec.groups] == [
         "transformer.wte",

@@ -103,6 +103,38 @@ def test_bad_specs_get_field_errors(api: RunningApi) -> None:
     assert (missing.status_code, missing.json()["code"]) == (404, "model_not_found")
 
 
+@pytest.mark.parametrize(
+    "budget",
+    [
+        {"calibration_steps": 0},
+        {"calibration_steps": 257},
+        {"calibration_steps": 4.0},  # strict: an integer
+        {"micro_batch": 0},
+        {"micro_batch": 8193},
+    ],
+)
+def test_the_calibration_length_and_micro_batch_are_bounded(
+    api: RunningApi, budget: dict[str, object]
+) -> None:
+    response = api.submit(api.key_a, api.model_id(api.key_a), budget=budget)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert [tuple(e["loc"]) for e in problem["errors"]] == [("body", "budget", *budget)]
+    assert api.queue.sent == []
+
+
+def test_the_calibration_length_and_micro_batch_are_stored_with_the_job(api: RunningApi) -> None:
+    model_id = api.model_id(api.key_a)
+    response = api.submit(api.key_a, model_id, budget={"calibration_steps": 256, "micro_batch": 1})
+    assert response.status_code == 202, response.text
+    budget = response.json()["spec"]["budget"]
+    assert (budget["calibration_steps"], budget["micro_batch"]) == (256, 1)
+    default = api.submit(api.key_a, model_id).json()["spec"]["budget"]
+    assert (default["calibration_steps"], default["micro_batch"]) == (40, None)
+
+
 def test_jobs_are_listed_newest_first_in_pages_and_filtered_by_status(api: RunningApi) -> None:
     model_id = api.model_id(api.key_a)
     ids = [api.job_id(api.key_a, model_id) for _ in range(7)]

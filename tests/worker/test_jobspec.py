@@ -28,6 +28,8 @@ def test_a_stored_spec_is_read_with_the_wire_schema_and_its_defaults() -> None:
     [
         {"optimizer": {"name": "momentum", "dampening": 1.0}},  # the API allows [0, 1)
         {"budget": {"time_limit_s": 5}},  # the API allows at least 10 s
+        {"budget": {"calibration_steps": 0}},  # 1-256
+        {"budget": {"micro_batch": 8193}},  # 1-8192
         {"loss": "hinge"},
     ],
 )
@@ -77,6 +79,14 @@ def test_a_job_spec_is_probed_with_its_own_budget_partition_and_optimizer() -> N
         "momentum",
         0.9,
     )
+    # The calibration length and the micro-batch default as in `lrprobe probe`.
+    assert (request.calibration_steps, request.micro_batch) == (40, None)
+
+
+def test_a_job_spec_sets_the_calibration_length_and_the_micro_batch() -> None:
+    spec = parse_spec(STORED | {"budget": {"calibration_steps": 4, "micro_batch": 2}})
+    request = probe_request(spec)
+    assert (request.calibration_steps, request.micro_batch) == (4, 2)
 
 
 @pytest.mark.parametrize(
