@@ -63,7 +63,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "shrink": {"shrink": 0.5},
     "gn-0.2": {"calibrate": (0.1, 0.3, 1.0)},  # the default before issue 11
     "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
-    "gn-0.3": {"unsure_momentum": 1.0},  # the default before the momentum margin
+    "gn-0.3": {"unsure_momentum": 1.0, "adam_bounds": None},  # before the momentum margin
+    "gn-0.4": {"adam_bounds": None},  # the default before Adam's bounds of 3
     "cal-wide": {"calibrate": (0.03, 0.1, 0.3, 1.0)},
     # λ₁ scored on a validation split of the training data the probe never trains on
     "val-0.2": {"validation_fraction": 0.2},

@@ -370,6 +370,34 @@ def test_bounds_keep_each_group_near_the_single_group_rate() -> None:
         assert single / 2 * (1 - 1e-9) <= g.eta <= single * 2 * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_class_optimizers_take_adam_bounds_instead(optimizer: str) -> None:
+    x, y = _data()
+    result = _quick(_mlp(), x, y, optimizer=optimizer, bounds=100.0, adam_bounds=2.0, steps=4,
+                    period=4)  # fmt: skip
+    single = result.single_group_eta
+    for g in result.groups:
+        assert single / 2 * (1 - 1e-9) <= g.eta <= single * 2 * (1 + 1e-9)
+    # The same run as bounds=2 for every optimizer, to the bit.
+    same = _quick(_mlp(), x, y, optimizer=optimizer, bounds=2.0, adam_bounds=None, steps=4,
+                  period=4)  # fmt: skip
+    assert [g.lr for g in same.groups] == [g.lr for g in result.groups]
+
+
+def test_adam_bounds_leave_other_optimizers_alone() -> None:
+    x, y = _data()
+    loose = _quick(_mlp(), x, y, optimizer="momentum", bounds=100.0, adam_bounds=1.0)
+    plain = _quick(_mlp(), x, y, optimizer="momentum", bounds=100.0, adam_bounds=None)
+    assert [g.lr for g in loose.groups] == [g.lr for g in plain.groups]
+    assert len({round(g.eta / loose.single_group_eta, 6) for g in loose.groups}) > 1
+
+
+def test_bounds_below_one_are_refused() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="at least 1"):
+        _quick(_mlp(), x, y, adam_bounds=0.5)
+
+
 def test_calibration_picks_the_candidate_with_the_lowest_loss_after_a_short_run() -> None:
     x, y = _data()
     result = _quick(_mlp(), x, y, calibrate=(0.1, 0.3, 1.0), calibration_steps=6)

@@ -42,6 +42,7 @@ def probe(
     smoothing: float = 0.5,
     trajectory_scale: float = 0.3,
     bounds: float | None = 10.0,
+    adam_bounds: float | None = 3.0,
     calibrate: Sequence[float] = (0.03, 0.1, 0.3),
     calibration_steps: int = 40,
     shrink: float = 0.0,
@@ -102,7 +103,9 @@ def probe(
         partition: a rule for :func:`partition` or explicit groups.
         method: "trajectory" or "fixed".
         steps, period, smoothing, trajectory_scale, bounds: the trajectory (see above);
-            ``bounds=None`` keeps only the published relu.
+            ``bounds=None`` keeps only the published relu. ``adam_bounds``: the bounds for Adam
+            and AdamW instead (3: their per-layer rates stray less from the single-group rate;
+            why: :mod:`lrprobe.worker.newton.trajectory`); None applies ``bounds`` to them too.
         calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
         calibration_steps: length of each calibration run.
         shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
@@ -142,7 +145,8 @@ def probe(
         lam = 0.0 if lam_int is None else lam_int
         options: TrajectoryOptions | FixedOptions = TrajectoryOptions(
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
-            bounds=bounds, calibrate=tuple(calibrate), calibration_steps=calibration_steps,
+            bounds=bounds, adam_bounds=adam_bounds, calibrate=tuple(calibrate),
+            calibration_steps=calibration_steps,
             shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,
