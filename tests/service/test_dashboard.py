@@ -302,6 +302,8 @@ def test_the_form_stores_calibration_steps_and_micro_batch(api: RunningApi) -> N
 
     budget = _stored_budget(api, created)
     assert budget["calibration_steps"] == 12 and budget["micro_batch"] == 16
+    page = html.unescape(api.client.get(created.headers["location"]).text)
+    assert "micro-batches of 16 · 12 calibration steps" in page
 
 
 def test_an_empty_micro_batch_is_the_whole_batch(api: RunningApi) -> None:
@@ -312,6 +314,23 @@ def test_an_empty_micro_batch_is_the_whole_batch(api: RunningApi) -> None:
 
     budget = _stored_budget(api, created)
     assert budget["micro_batch"] is None and budget["calibration_steps"] == 40
+    page = html.unescape(api.client.get(created.headers["location"]).text)
+    assert "whole batches · 40 calibration steps" in page
+
+
+def test_a_job_stored_before_the_two_fields_shows_their_defaults(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = api.job_id(api.key_a, budget={"batches": 8, "batch_size": 32})
+    with api.sessions.begin() as session:
+        spec = dict(session.get_one(Job, job_id).spec)
+        spec["budget"] = {"batches": 8, "batch_size": 32, "heldout_batches": 4}
+        session.execute(update(Job).where(Job.id == job_id).values(spec=spec))
+    with api.sessions() as session:
+        assert "calibration_steps" not in session.get_one(Job, job_id).spec["budget"]
+
+    page = html.unescape(re.sub(r"<[^>]+>", "", api.client.get(f"/ui/jobs/{job_id}").text))
+
+    assert "8 batches × 32 · whole batches · 40 calibration steps" in page
 
 
 def test_bad_calibration_steps_or_micro_batch_come_back_as_field_errors(api: RunningApi) -> None:
