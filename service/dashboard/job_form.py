@@ -30,6 +30,16 @@ router = html_router()
 # dataset is the data field's fault too).
 DATA_CODES = {c for c, e in CATALOGUE.items() if e.family == "data"} | {"dataset_not_found"}
 
+# The form's budget inputs, named ``budget.<field>`` after ``BudgetSpec``'s fields.
+BUDGET_FIELDS = (
+    "batches",
+    "batch_size",
+    "micro_batch",
+    "heldout_batches",
+    "calibration_steps",
+    "time_limit_s",
+)
+
 
 def new_job_page(
     request: Request, services: Services, me: DashboardSession, status: int = 200, **context: Any
@@ -113,10 +123,10 @@ def _spec_from_form(fields: dict[str, str]) -> dict[str, Any]:
             if "=>" in line:
                 pattern, _, name = line.partition("=>")
                 rule[pattern.strip()] = name.strip()
+    # An empty input is left out and takes the schema's default (micro_batch: null, the whole
+    # batch).
     budget = {
-        name: _number(given(f"budget.{name}"))
-        for name in ("batches", "batch_size", "heldout_batches", "time_limit_s")
-        if given(f"budget.{name}")
+        name: _number(given(f"budget.{name}")) for name in BUDGET_FIELDS if given(f"budget.{name}")
     }
     spec: dict[str, Any] = {
         "model_id": given("model_id") or "",

@@ -163,6 +163,8 @@ def test_submit_watch_inspect_download_and_isolate(server: Server, tmp_path: Pat
             page.get_by_label("Probe batches").fill("8")
             page.get_by_label("Batch size").fill("64")
             page.get_by_label("Held-out batches").fill("2")
+            page.get_by_label("Calibration steps").fill("8")
+            page.get_by_label("Micro-batch").fill("32")
             page.get_by_label("Device").select_option("cpu")
             page.get_by_label("Label").fill("digits MLP from the browser")
             page.get_by_role("button", name="Start probe").click()
@@ -170,6 +172,9 @@ def test_submit_watch_inspect_download_and_isolate(server: Server, tmp_path: Pat
             job_url = page.url
 
             expect(page.locator("h1 .chip")).to_have_text("succeeded", timeout=90_000)
+            expect(page.locator("dl.facts")).to_contain_text(
+                "micro-batches of 32 · 8 calibration steps"
+            )
             bars = page.locator("svg.lr-chart rect.bar")
             expect(bars).to_have_count(3)
             labels = page.locator("svg.lr-chart .bar-row").evaluate_all(

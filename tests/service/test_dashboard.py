@@ -262,6 +262,103 @@ def test_the_form_submits_a_job_and_shows_problems(api: RunningApi) -> None:
     assert job.json()["spec"]["optimizer"]["name"] == "adam" and len(api.queue.sent) == 1
 
 
+def _form(api: RunningApi, csrf: str) -> dict[str, str]:
+    return {
+        "csrf": csrf, "model_id": api.model_id(api.key_a), "data": "builtin://digits",
+        "loss": "cross_entropy", "optimizer.name": "sgd", "budget.batches": "8",
+    }  # fmt: skip
+
+
+def _stored_budget(api: RunningApi, created: Any) -> dict[str, Any]:
+    assert created.status_code == 303, created.text
+    job = api.client.get(
+        created.headers["location"].replace("/ui", "/v1"), headers=api.auth(api.key_a)
+    )
+    return dict(job.json()["spec"]["budget"])
+
+
+def test_the_form_offers_calibration_steps_and_micro_batch(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    page = api.client.get("/ui/jobs/new").text
+
+    calibration = re.search(r'<input id="budget-calibration"[^>]*>', page)
+    micro = re.search(r'<input id="budget-micro-batch"[^>]*>', page)
+
+    assert calibration and micro
+    assert 'name="budget.calibration_steps"' in calibration[0]
+    assert 'min="1" max="256" value="40"' in calibration[0]
+    assert 'name="budget.micro_batch"' in micro[0]
+    assert 'min="1" max="8192" value=""' in micro[0] and 'placeholder="whole batch"' in micro[0]
+    assert '<label for="budget-calibration">Calibration steps' in page
+    assert '<label for="budget-micro-batch">Micro-batch' in page
+    assert 'aria-describedby="budget-micro-batch-hint"' in micro[0]
+
+
+def test_the_form_stores_calibration_steps_and_micro_batch(api: RunningApi) -> None:
+    csrf = sign_in(api, api.key_a)
+    form = _form(api, csrf) | {"budget.calibration_steps": "12", "budget.micro_batch": "16"}
+
+    created = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+
+    budget = _stored_budget(api, created)
+    assert budget["calibration_steps"] == 12 and budget["micro_batch"] == 16
+    page = html.unescape(api.client.get(created.headers["location"]).text)
+    assert "micro-batches of 16 · 12 calibration steps" in page
+
+
+def test_an_empty_micro_batch_is_the_whole_batch(api: RunningApi) -> None:
+    csrf = sign_in(api, api.key_a)
+    form = _form(api, csrf) | {"budget.calibration_steps": "40", "budget.micro_batch": "  "}
+
+    created = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+
+    budget = _stored_budget(api, created)
+    assert budget["micro_batch"] is None and budget["calibration_steps"] == 40
+    page = html.unescape(api.client.get(created.headers["location"]).text)
+    assert "whole batches · 40 calibration steps" in page
+
+
+def test_a_job_stored_before_the_two_fields_shows_their_defaults(api: RunningApi) -> None:
+    sign_in(api, api.key_a)
+    job_id = api.job_id(api.key_a, budget={"batches": 8, "batch_size": 32})
+    with api.sessions.begin() as session:
+        spec = dict(session.get_one(Job, job_id).spec)
+        spec["budget"] = {"batches": 8, "batch_size": 32, "heldout_batches": 4}
+        session.execute(update(Job).where(Job.id == job_id).values(spec=spec))
+    with api.sessions() as session:
+        assert "calibration_steps" not in session.get_one(Job, job_id).spec["budget"]
+
+    page = html.unescape(re.sub(r"<[^>]+>", "", api.client.get(f"/ui/jobs/{job_id}").text))
+
+    assert "8 batches × 32 · whole batches · 40 calibration steps" in page
+
+
+def test_bad_calibration_steps_or_micro_batch_come_back_as_field_errors(api: RunningApi) -> None:
+    form = _form(api, sign_in(api, api.key_a))
+    cases = [
+        ("calibration_steps", "0", "greater than or equal to 1"),
+        ("calibration_steps", "257", "less than or equal to 256"),
+        ("calibration_steps", "2.5", "valid integer"),
+        ("calibration_steps", "forty", "valid integer"),
+        ("micro_batch", "0", "greater than or equal to 1"),
+        ("micro_batch", "8193", "less than or equal to 8192"),
+        ("micro_batch", "1.5", "valid integer"),
+        ("micro_batch", "1e999", "valid integer"),
+        ("micro_batch", "9" * 5000, "valid integer"),
+    ]
+    for name, value, message in cases:
+        response = api.client.post("/ui/jobs", data=form | {f"budget.{name}": value})
+
+        assert response.status_code == 422, (name, value, response.status_code)
+        error = re.search(
+            rf'<p class="field-error" id="budget-{name}-error">([^<]*)</p>', response.text
+        )
+        assert error and message in error[1], (name, value, error)
+        field = re.search(rf'<input [^>]*name="budget.{name}"[^>]*>', response.text)
+        assert field and 'aria-invalid="true"' in field[0] and f'value="{value}"' in field[0]
+    assert api.queue.sent == []
+
+
 def test_uploading_a_checkpoint_selects_it(api: RunningApi) -> None:
     from tests.service.api_support import safetensors_mlp
 
