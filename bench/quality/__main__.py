@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
+from lrprobe.worker.newton.trajectory import WIDE_SPREAD
 
 METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
@@ -265,8 +266,10 @@ def per_optimizer(rows: list[dict[str, Any]]) -> str:
 
 def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict[str, Any]]) -> str:
     """Does a flag predict a worse outcome? For each flag, lrprobe's mean and median regret over
-    the runs whose result raised it (on any group) against the runs that did not; and the same
-    for "any note"."""
+    the runs whose result raised it (on any group) against the runs that did not, and the share
+    of each above 0.05 regret; the same for the two notes on the spread of the rates (read off
+    the recommended rates: the spread note, and with momentum the margin that halves λ₁) and for
+    "any note"."""
     regret = {
         (r["task"], r["start"], r["optimizer"]): r["regret_seeds"]
         for r in rows
@@ -280,14 +283,26 @@ def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict
         if cell is None or "flags" not in out["lrprobe"]:
             continue
         flags = set(out["lrprobe"]["flags"]) | ({"any note"} if out["lrprobe"]["notes"] else set())
+        rates = [g["lr"] for g in out["lrprobe"].get("groups", []) if "unused" not in g["flags"]]
+        if len(rates) >= 2 and min(rates) > 0 and max(rates) / min(rates) > WIDE_SPREAD:
+            flags.add(f"note: rates span > {WIDE_SPREAD:.0f}×")
+            if job.optimizer == "momentum":
+                flags.add("note: momentum margin applied")
         runs.append((flags, cell[seeds.index(job.seed)]))
     lines = ["| flag | runs flagged | mean / median regret, flagged | mean / median regret, not "
-             "flagged |", "|---|---|---|---|"]  # fmt: skip
+             "flagged | share above 0.05, flagged / not |", "|---|---|---|---|---|"]  # fmt: skip
     for flag in sorted({f for flags, _ in runs for f in flags}):
         yes = [r for flags, r in runs if flag in flags]
         no = [r for flags, r in runs if flag not in flags]
-        lines.append(f"| {flag} | {len(yes)}/{len(runs)} | {_pair(yes)} | {_pair(no)} |")
+        lines.append(
+            f"| {flag} | {len(yes)}/{len(runs)} | {_pair(yes)} | {_pair(no)} "
+            f"| {_share(yes, 0.05)} / {_share(no, 0.05)} |"
+        )
     return "\n".join(lines)
+
+
+def _share(values: Sequence[float], above: float) -> str:
+    return f"{sum(v > above for v in values) / len(values):.0%}" if values else "–"
 
 
 def _pair(values: Sequence[float]) -> str:
