@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-lo-shrink": {"calibrate": (0.03, 0.1, 0.3), "shrink": 0.5},
     "gn-0.3": {"unsure_momentum": 1.0, "adam_bounds": None},  # before the momentum margin
     "gn-0.4": {"adam_bounds": None},  # the default before Adam's bounds of 3
+    "margin-0.25": {"unsure_momentum": 0.25},
     "cal-wide": {"calibrate": (0.03, 0.1, 0.3, 1.0)},
     # λ₁ scored on a validation split of the training data the probe never trains on
     "val-0.2": {"validation_fraction": 0.2},

@@ -30,6 +30,10 @@ The four cells it made worse by more than 0.01: breast_cancer warm (−0.036 →
   validation examples the contest trades one noise for another. Kept as an option.
 - AdamW only, shrinking each group half-way toward the single-group rate (``shrink=0.5``; 2
   seeds): median 0.003, worst 0.103, 4 cells better and 4 worse than bounds 10.
+- Momentum only (9 tasks × 2 starts × 3 seeds), where the worst cells now are: bounds 3 as for
+  Adam (mean regret 0.058 → 0.045, but worst 0.313 → 0.327 and collapsed runs 3 → 6: the deep
+  MLP's wide rates are what lets it learn), and a stronger margin, λ₁ × 0.25 instead of 0.5
+  (median 0.014 → 0.023, worst 0.313 → 0.430 on wine-resmlp warm, collapses 3 → 2). Neither.
 
 gn-probe/0.4 (issue 11, second round) changed one thing: when the user's optimizer has
 heavy-ball momentum and the per-layer rates span more than 30× (:data:`WIDE_SPREAD`, the
