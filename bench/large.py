@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 # Bytes per parameter of the optimizer's state (float32): AdamW keeps two moments, momentum one.
 _STATE_FLOATS = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
@@ -145,7 +146,8 @@ _SERVE = [sys.executable, "-c", "from lrprobe.cli.app import main; main()", "ser
 
 
 def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in bytes (empty if it is gone)."""
+    """VmRSS and VmHWM of ``pid`` in bytes (empty if it is gone). Read from /proc: psutil
+    reports the resident size but not the kernel's high-water mark."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
@@ -159,8 +161,8 @@ def _proc_status(pid: int) -> dict[str, int]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
@@ -194,21 +196,16 @@ class TreeMemory(threading.Thread):
 
     def _tree(self) -> dict[int, int]:
         """pid → parent pid, for the root and its descendants."""
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
-        tree, frontier = {self.root: 0}, [self.root]
-        while frontier:
-            parent = frontier.pop()
-            for pid, ppid in parents.items():
-                if ppid == parent and pid not in tree:
-                    tree[pid] = parent
-                    frontier.append(pid)
+        tree = {self.root: 0}
+        try:
+            children = psutil.Process(self.root).children(recursive=True)
+        except psutil.Error:
+            return tree
+        for child in children:
+            try:
+                tree[child.pid] = child.ppid()
+            except psutil.Error:
+                continue
         return tree
 
     def sample(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,22 +50,14 @@ def context_for(sessions: sessionmaker[Session], tmp_path: Path, **overrides: An
 
 
 def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rpartition(")")[2].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
+    """Every live (not zombie) process below ``pid``."""
+    found = set()
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            continue
     return found
 
 
@@ -76,15 +69,15 @@ def probe_processes() -> set[int]:
 
 def _parent(pid: int) -> int:
     try:
-        return int((Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split())[1])
-    except OSError:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
         return -1
 
 
 def _is_forkserver(pid: int) -> bool:
     try:
-        return b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return any("forkserver" in part for part in psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
         return False
 
 
