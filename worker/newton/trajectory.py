@@ -33,7 +33,9 @@ The four cells it made worse by more than 0.01: breast_cancer warm (−0.036 →
 - Momentum only (9 tasks × 2 starts × 3 seeds), where the worst cells now are: bounds 3 as for
   Adam (mean regret 0.058 → 0.045, but worst 0.313 → 0.327 and collapsed runs 3 → 6: the deep
   MLP's wide rates are what lets it learn), and a stronger margin, λ₁ × 0.25 instead of 0.5
-  (median 0.014 → 0.023, worst 0.313 → 0.430 on wine-resmlp warm, collapses 3 → 2). Neither.
+  (median 0.014 → 0.023, worst 0.313 → 0.430 on wine-resmlp warm, collapses 3 → 2), and λ₁
+  candidates {0.03, 0.1, 0.3, 1} for momentum (worst 0.313 → 0.272, mean 0.058 → 0.049, but
+  collapsed runs 3 → 5). None: safety first.
 
 gn-probe/0.4 (issue 11, second round) changed one thing: when the user's optimizer has
 heavy-ball momentum and the per-layer rates span more than 30× (:data:`WIDE_SPREAD`, the
