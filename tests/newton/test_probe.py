@@ -582,3 +582,18 @@ def test_validation_batches_are_refused_by_the_fixed_method() -> None:
     x, y = _data()
     with pytest.raises(ValueError, match="trajectory"):
         _quick(_mlp(), x, y, method="fixed", validation=[(x[:32], y[:32])])
+
+
+def test_the_no_progress_note_names_the_loss_the_candidates_were_scored_on() -> None:
+    from lrprobe.worker.newton.trajectory import CalibrationRun, calibrate_scale
+
+    def worse_on_validation(rates: list[float]) -> CalibrationRun:
+        return CalibrationRun(
+            losses=[1.0, 0.5], validation=2.0
+        )  # training improves, validation not
+
+    on_validation = calibrate_scale(worse_on_validation, [1.0], (0.1, 0.3), 2, 1.0)
+    on_training = calibrate_scale(worse_on_validation, [1.0], (0.1, 0.3), 2, None)
+
+    assert on_validation[0] == 0.1 and "lowered the validation loss" in (on_validation[2] or "")
+    assert on_training[2] is None  # the training loss fell: no note

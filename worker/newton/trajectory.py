@@ -434,17 +434,17 @@ def calibrate_scale(
         if not finite:
             change = math.inf
         elif run.validation is not None and validation_baseline is not None:
-            change = run.validation - validation_baseline if math.isfinite(run.validation) else (
-                math.inf
-            )  # fmt: skip
+            scored = run.validation - validation_baseline
+            change = scored if math.isfinite(scored) else math.inf
         else:
             change = sum(tail_losses) / len(tail_losses) - losses[0]
         checks.append(ScaleCheck(candidate, math.nan, change))
     best = min(checks, key=lambda c: c.realised)
     if math.isfinite(best.realised) and best.realised < 0:
         return best.scale, checks, None
+    which = "validation" if validation_baseline is not None else "training"
     note = (
-        "no calibration run lowered the training loss: using the smallest candidate scale; "
+        f"no calibration run lowered the {which} loss: using the smallest candidate scale; "
         "treat these rates as an upper bound"
     )
     return min(candidates), checks, note
