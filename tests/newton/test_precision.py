@@ -7,6 +7,7 @@ so the only difference left is the arithmetic of the passes.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lrprobe.worker.newton import losses, partition, probe, summaries
 from tests.newton.cases import assert_scaled_close, gradient, reference
 
 LOSS = losses.lm_cross_entropy
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def gpt_bf16() -> GPT:
@@ -30,10 +32,9 @@ def tokens(seed: int, batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:, :-1], ids[:, 1:]
 
 
-def twin(model: GPT, dtype: torch.dtype) -> GPT:
-    other = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=16))
-    other.load_state_dict({k: v.to(dtype) for k, v in model.state_dict().items()})
-    return other.to(dtype)
+def twin(model: M, dtype: torch.dtype) -> M:
+    """The same model in another dtype (same weights, cast), leaving ``model`` as it is."""
+    return copy.deepcopy(model).to(dtype)
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +195,6 @@ def _on_cuda(
     )
 
 
-def twin_of(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    return copy.deepcopy(model).to(dtype)
-
-
 def _error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.double() - want).abs().max()) / float(want.abs().max())
 
@@ -205,7 +202,7 @@ def _error(got: torch.Tensor, want: torch.Tensor) -> float:
 @pytest.mark.gpu
 def test_on_cuda_global_tf32_does_not_reach_the_derivatives() -> None:
     model, batch = _wide_mlp()
-    wide = twin_of(model, torch.float64)
+    wide = twin(model, torch.float64)
     groups = partition(model, rule="layer")
     direction = {k: v.float().double() for k, v in gradient(wide, _cross_entropy,
                  (batch[0].double(), batch[1])).items()}  # fmt: skip
@@ -233,7 +230,7 @@ def test_on_cuda_global_tf32_does_not_reach_the_derivatives() -> None:
 @pytest.mark.gpu
 def test_on_cuda_a_bfloat16_model_under_autocast_gets_float32_derivatives(problem) -> None:  # type: ignore[no-untyped-def]
     model, _, direction, groups, want = problem
-    cuda_model, batch, cuda_direction = _on_cuda(twin_of(model, torch.bfloat16), tokens(1),
+    cuda_model, batch, cuda_direction = _on_cuda(twin(model, torch.bfloat16), tokens(1),
                                                  direction)  # fmt: skip
 
     with torch.autocast("cuda", dtype=torch.bfloat16):
