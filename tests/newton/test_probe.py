@@ -558,6 +558,8 @@ def test_with_validation_batches_each_candidate_scores_their_change_in_loss() ->
             losses.cross_entropy(model, batch).backward()
             optimizer.step()
         assert check.realised == pytest.approx(validation_loss(model) - before, rel=1e-5, abs=1e-7)
+    # Each validation batch is one forward pass at the checkpoint and one after each run.
+    assert result.cost.passes["forward"] == len(validation) * (1 + len(candidates))
 
 
 def test_validation_batches_that_training_makes_worse_pick_the_smallest_candidate() -> None:

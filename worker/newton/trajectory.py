@@ -339,13 +339,16 @@ def trajectory_probe(
                 )  # fmt: skip
             for _ in run.losses:
                 meter.tick("calibration")
+            if run.validation is not None:
+                meter.passes["forward"] += len(options.validation)
             return run
 
         rates = [float(e) if e > 0 else eta_single for e in eta]
         prior = scale
-        baseline = (
-            validation_loss(model, loss_fn, options.validation) if options.validation else None
-        )
+        baseline = None
+        if options.validation:
+            baseline = validation_loss(model, loss_fn, options.validation)
+            meter.passes["forward"] += len(options.validation)
         scale, scale_checks, calibration_note = calibrate_scale(
             run_losses, rates, options.calibrate, options.calibration_steps, baseline
         )
