@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
-from lrprobe.worker.newton.trajectory import WIDE_SPREAD
+from lrprobe.worker.newton.trajectory import WIDE_SPREAD, rate_span
 
 METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
@@ -285,7 +285,7 @@ def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict
             continue
         flags = set(out["lrprobe"]["flags"]) | ({"any note"} if out["lrprobe"]["notes"] else set())
         rates = [g["lr"] for g in out["lrprobe"].get("groups", []) if "unused" not in g["flags"]]
-        if len(rates) >= 2 and min(rates) > 0 and max(rates) / min(rates) > WIDE_SPREAD:
+        if rate_span(rates) > WIDE_SPREAD:
             flags.add(f"note: rates span > {WIDE_SPREAD:.0f}×")
             if job.optimizer == "momentum":
                 flags.add("note: momentum margin applied")

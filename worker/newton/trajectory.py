@@ -460,7 +460,7 @@ def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float)
     wide spread marks the runs where the probe is least sure. On the quality benchmark these
     were the runs that learned and then fell back to chance level (see the module docstring)."""
     heavy_ball = spec.name in ("sgd", "momentum") and spec.momentum > 0
-    span = _span(rates)
+    span = rate_span(rates)
     if factor >= 1 or not heavy_ball or span <= WIDE_SPREAD:
         return None
     return (
@@ -478,14 +478,14 @@ def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
     return replace(traj, smoothed=torch.where(ok, pulled, traj.smoothed))
 
 
-def _span(rates: Sequence[float]) -> float:
+def rate_span(rates: Sequence[float]) -> float:
     """max / min of the positive rates (1 with fewer than two): the spread both notes judge."""
     positive = [r for r in rates if r > 0]
     return max(positive) / min(positive) if len(positive) >= 2 else 1.0
 
 
 def _spread_note(groups: Sequence[GroupResult], single_lr: float) -> str | None:
-    span = _span([g.lr for g in groups if "unused" not in g.flags])
+    span = rate_span([g.lr for g in groups if "unused" not in g.flags])
     if span <= WIDE_SPREAD:
         return None
     return (
