@@ -306,6 +306,10 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
         # What the probe said about itself, to check that its flags predict worse outcomes.
         out[name]["flags"] = sorted({f for g in result.groups for f in g.flags})
         out[name]["notes"] = len(result.notes)
+        # The calibration contest's outcome, to tell rates too small from too large.
+        out[name]["scale"] = result.scale
+        out[name]["scale_checks"] = [[c.scale, c.realised] for c in result.scale_checks]
+        out[name]["note_texts"] = list(result.notes)
         out[name]["groups"] = [
             {"flags": list(g.flags), "g_snr": g.g_snr, "negative_fraction":
              g.spread.negative_fraction, "eta_interval": list(g.eta_interval), "eta": g.eta,
