@@ -70,6 +70,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-wide": {"calibrate": (0.03, 0.1, 0.3, 1.0)},
     # λ₁ scored on a validation split of the training data the probe never trains on
     "val-0.2": {"validation_fraction": 0.2},
+    # one more λ₁ candidate past the largest when it wins (always, or while the drop is steep)
+    "edge": {"extend_edge": 1.0, "extend_min_drop": 0.0},
+    "edge-1.3": {"extend_edge": 1.3, "extend_min_drop": 0.0},
+    "gn-0.5": {"extend_edge": None},  # the default before the contest's extension
 }
 
 

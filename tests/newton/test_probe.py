@@ -177,7 +177,8 @@ def test_result_round_trips_through_json() -> None:
 def test_progress_reports_every_trajectory_step_up_to_the_total() -> None:
     x, y = _data()
     events: list[ProbeProgress] = []
-    _quick(_mlp(), x, y, progress=events.append)
+    # (No extension of the contest: its own test counts that run.)
+    _quick(_mlp(), x, y, progress=events.append, extend_edge=None)
     assert [e.done for e in events] == list(range(1, 8 + 3 * 4 + 1))
     assert {e.total for e in events} == {20}
     assert [e.phase for e in events] == ["trajectory"] * 8 + ["calibration"] * 12
@@ -599,3 +600,95 @@ def test_the_no_progress_note_names_the_loss_the_candidates_were_scored_on() -> 
 
     assert on_validation[0] == 0.1 and "lowered the validation loss" in (on_validation[2] or "")
     assert on_training[2] is None  # the training loss fell: no note
+
+
+def _falling_by(drop: dict[float, float], start: float = 1.0):
+    """A calibration run whose loss falls from ``start`` by ``drop[λ₁]`` (read off the first
+    rate, as rates = [1.0]); the candidates it was called with are recorded."""
+    from lrprobe.worker.newton.trajectory import CalibrationRun
+
+    called: list[float] = []
+
+    def run(rates: list[float]) -> CalibrationRun:
+        scale = round(rates[0], 6)
+        called.append(scale)
+        return CalibrationRun(losses=[start, start - drop[scale]])
+
+    return run, called
+
+
+def test_a_steep_edge_runs_one_more_candidate_past_the_largest() -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    run, called = _falling_by({0.1: 0.2, 0.3: 0.5, 0.9: 0.6})
+    extended: list[bool] = []
+    scale, checks, note = calibrate_scale(
+        run, [1.0], (0.1, 0.3), 2, extend_edge=1.3, on_extend=lambda: extended.append(True)
+    )
+    assert called == [0.1, 0.3, 0.9] and extended == [True]
+    assert scale == pytest.approx(0.9) and note is None
+    assert [c.scale for c in checks] == pytest.approx([0.1, 0.3, 0.9])
+
+
+def test_the_extension_wins_only_if_it_scores_lower() -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    run, called = _falling_by({0.1: 0.2, 0.3: 0.5, 0.9: 0.4})
+    scale, _, _ = calibrate_scale(run, [1.0], (0.1, 0.3), 2, extend_edge=1.0)
+    assert called == [0.1, 0.3, 0.9] and scale == 0.3
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        {0.1: 0.5, 0.3: 0.55},  # the edge won, but the loss barely fell more there: flat
+        {0.1: 0.5, 0.3: 0.2},  # the edge lost
+        {0.1: -0.1, 0.3: -0.2},  # no candidate lowered the loss
+        {0.1: 0.01, 0.3: 0.05},  # a plateau: the loss fell by 5 % of its start at most
+    ],
+)
+def test_no_extension_unless_the_edge_wins_steeply(drop: dict[float, float]) -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    run, called = _falling_by(drop)
+    calibrate_scale(run, [1.0], (0.1, 0.3), 2, extend_edge=1.3, extend_min_drop=0.1)
+    assert called == [0.1, 0.3]
+    run, called = _falling_by(drop)
+    calibrate_scale(run, [1.0], (0.1, 0.3), 2)  # extend_edge=None: never
+    assert called == [0.1, 0.3]
+
+
+def test_an_extended_contest_counts_its_run_in_progress_and_cost() -> None:
+    x, y = _data()
+    events: list[ProbeProgress] = []
+    # Candidates far too small for this task: the largest wins and the loss is still falling.
+    small = (0.001, 0.003)
+    plain = _quick(_mlp(), x, y, calibrate=small, extend_edge=None)
+    extended = _quick(
+        _mlp(), x, y, calibrate=small, extend_edge=1.0, extend_min_drop=0.0,
+        progress=events.append,
+    )  # fmt: skip
+
+    assert [c.scale for c in extended.scale_checks] == pytest.approx([0.001, 0.003, 0.009])
+    assert [e.done for e in events] == list(range(1, 8 + 3 * 4 + 1))
+    # The total grows by the extra run when the contest decides to run it, and is reached.
+    assert [e.total for e in events] == [16] * 16 + [20] * 4
+    runs = extended.cost.passes["forward_backward"] - plain.cost.passes["forward_backward"]
+    assert runs == 4  # one more 4-step calibration run
+
+
+@pytest.mark.parametrize(("start", "extends"), [(1.0, True), (10.0, False)])
+def test_the_plateau_threshold_is_a_share_of_the_starting_loss(start: float, extends: bool) -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    # The same drops: 12 % of a start of 1 (extended), 1.2 % of a start of 10 (a plateau).
+    run, called = _falling_by({0.1: 0.05, 0.3: 0.12, 0.9: 0.2}, start)
+    calibrate_scale(run, [1.0], (0.1, 0.3), 2, extend_edge=1.3, extend_min_drop=0.1)
+    assert called == ([0.1, 0.3, 0.9] if extends else [0.1, 0.3])
+
+
+@pytest.mark.parametrize("setting", [{"extend_edge": 0.5}, {"extend_min_drop": 1.0}])
+def test_extension_settings_out_of_range_are_refused(setting: dict[str, float]) -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        _quick(_mlp(), x, y, **setting)
