@@ -7,9 +7,9 @@ lower. "Steeply": the winner's 40-step loss drop is at least 1.3× the next-larg
 and at least 10 % of the loss its run started from. The contest used to stop at its grid's
 edge, and the edge won 124 of 162 contests (17 of 27 with momentum from a warm checkpoint,
 where the rates of the worst cells were too small, not too large). Now the extension runs in
-68 of 162 and wins 52 of them. On ``make bench``
-(9 tasks × 2 starts × 3 optimizers × 3 seeds, 54 cells; gn-probe/0.5 as a variant on the same
-runs; the variants ``edge`` and ``edge-1.3`` on an earlier run of the same jobs):
+68 of 162 and wins 52 of them. On ``make bench`` (9 tasks × 2 starts × 3 optimizers × 3
+seeds, 54 cells; gn-probe/0.5 as a variant on the same runs; the variants ``edge`` and
+``edge-1.3`` on an earlier run of the same jobs):
 
 ===============================================  ======  ======  =====  =====  =========  =====
 rule                                             median  mean    worst  >0.15  collapsed  FB
@@ -25,13 +25,14 @@ warm checkpoint with momentum 0.150 → 0.016 and with SGD 0.118 → −0.002; t
 SGD warm 0.094 → 0.030; the transformer with momentum warm 0.002 → −0.057; the MNIST-1D CNN
 with AdamW from init 0.005 → −0.073) and 2 worse (the deep MLP with momentum from init −0.10 →
 0.12, the transformer with momentum from init −0.055 → −0.040). The plateau test kept the
-extension from adding collapsed runs (9, in the same cells, as under gn-probe/0.5): the runs an unconditional extension made collapse (the deep MLP, the
-MNIST-1D CNN with SGD from a warm checkpoint: 0.02 → 0.70 on one seed) were those whose best
-calibration run lowered the loss by 0.5–3 % of its start, where the candidates' differences
-are noise. It costs one 40-step run where it fires (mean 251 → 268 FB, at most 416). The
-threshold was chosen on these runs; it has not been confirmed on other seeds. What it does
-not change: the worst cell (the deep MLP with momentum from a warm checkpoint, where the
-contest's runs sit on a plateau) and the 9 collapsed runs.
+extension from adding collapsed runs (9, in the same cells, as under gn-probe/0.5): the runs
+that an unconditional extension made collapse (the deep MLP; the MNIST-1D CNN with SGD from a
+warm checkpoint: 0.02 → 0.70 on one seed) were those whose best calibration run lowered the
+loss by 0.5–3 % of its start, where the candidates' differences are noise. It costs one
+40-step run where it fires (mean 251 → 268 FB, at most 416). The threshold was chosen on these
+runs; it has not been confirmed on other seeds. What it does not change: the worst cell (the
+deep MLP with momentum from a warm checkpoint, where the contest's runs sit on a plateau) and
+the 9 collapsed runs.
 
 gn-probe/0.5 (issue 11, third round) changed one thing: with Adam or AdamW the per-group rates
 stay within 3× of the single-group rate (:data:`ADAM_CLASS`, ``adam_bounds``) instead of 10×.
@@ -483,8 +484,9 @@ def calibrate_scale(
         rates: the per-group rates ``η̄_s`` that each candidate multiplies.
 
     Returns:
-        λ₁, one :class:`ScaleCheck` per candidate (``predicted`` is NaN: no model predicts a
-        run), and a note when no run lowered the loss (λ₁ is then the smallest candidate).
+        λ₁, one :class:`ScaleCheck` per run (the candidates', then the extension's;
+        ``predicted`` is NaN: no model predicts a run), and a note when no run lowered the loss
+        (λ₁ is then the smallest candidate).
     """
 
     started: dict[float, float] = {}  # candidate → the loss its score is measured from
