@@ -176,3 +176,12 @@ def test_json_is_written_where_asked(report) -> None:
     assert Path(path).is_file()
     assert data["config"]["quick"] is True and data["config"]["steps"] == STEPS
     assert {"rows", "runs", "seconds"} <= set(data)
+
+
+def test_first_seed_shifts_the_seeds_of_every_cell() -> None:
+    from bench.quality.__main__ import jobs
+
+    shifted = jobs(["wine-mlp"], ["init", "warm"], ["sgd"], 2, STEPS, [], first_seed=3)
+    assert sorted({j.seed for j in shifted}) == [3, 4]
+    assert len(shifted) == 4  # 2 starts × 2 seeds, as without the shift
+    assert [j.seed for j in jobs(["wine-mlp"], ["init"], ["sgd"], 2, STEPS, [])] == [0, 1]
