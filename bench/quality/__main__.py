@@ -74,6 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "edge": {"extend_edge": 1.0, "extend_min_drop": 0.0},
     "edge-1.3": {"extend_edge": 1.3, "extend_min_drop": 0.0},
     "gn-0.5": {"extend_edge": None},  # the default before the contest's extension
+    "edge-momentum": {"extend_momentum": True},  # the extension with heavy ball too
 }
 
 

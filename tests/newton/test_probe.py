@@ -692,3 +692,13 @@ def test_extension_settings_out_of_range_are_refused(setting: dict[str, float]) 
     x, y = _data()
     with pytest.raises(ValueError, match=next(iter(setting))):
         _quick(_mlp(), x, y, **setting)
+
+
+def test_the_extension_skips_heavy_ball_momentum_unless_asked() -> None:
+    x, y = _data()
+    # Candidates far too small for this task: without momentum the edge would be extended.
+    kwargs = {"calibrate": (0.001, 0.003), "extend_edge": 1.0, "extend_min_drop": 0.0}
+    plain = _quick(_mlp(), x, y, optimizer="momentum", **kwargs)
+    asked = _quick(_mlp(), x, y, optimizer="momentum", extend_momentum=True, **kwargs)
+    assert [c.scale for c in plain.scale_checks] == [0.001, 0.003]
+    assert [c.scale for c in asked.scale_checks] == pytest.approx([0.001, 0.003, 0.009])

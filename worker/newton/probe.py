@@ -47,6 +47,7 @@ def probe(
     calibration_steps: int = 40,
     extend_edge: float | None = 1.3,
     extend_min_drop: float = 0.1,
+    extend_momentum: bool = False,
     shrink: float = 0.0,
     unsure_momentum: float = 0.5,
     num_batches: int = 16,
@@ -113,7 +114,8 @@ def probe(
         extend_edge, extend_min_drop: when the largest candidate wins with a loss drop at
             least ``extend_edge`` times the next-largest's and at least ``extend_min_drop`` of
             the loss its run started from, one more candidate past it (on the same log grid) is
-            run and wins if it scores lower (``extend_edge=None``: never).
+            run and wins if it scores lower (``extend_edge=None``: never). Not with heavy-ball
+            momentum unless ``extend_momentum``.
         shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
             space: ``η₁^shrink · η̄^(1−shrink)`` (0: none, 1: the single-group rate everywhere).
         unsure_momentum: multiplies λ₁ when the optimizer has heavy-ball momentum and the
@@ -153,7 +155,7 @@ def probe(
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
             bounds=bounds, adam_bounds=adam_bounds, calibrate=tuple(calibrate),
             calibration_steps=calibration_steps, extend_edge=extend_edge,
-            extend_min_drop=extend_min_drop,
+            extend_min_drop=extend_min_drop, extend_momentum=extend_momentum,
             shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,
