@@ -326,6 +326,8 @@ def trajectory_probe(
     """
     if spec.name in ADAM_CLASS and options.adam_bounds is not None:
         options = replace(options, bounds=options.adam_bounds)
+    if _heavy_ball(spec) and not options.extend_momentum:
+        options = replace(options, extend_edge=None)
     steps, evaluations = options.steps, options.evaluations
     extra = options.calibration_steps if options.calibrate else 0
     need = steps + evaluations + extra
@@ -415,9 +417,7 @@ def trajectory_probe(
 
         scale, scale_checks, calibration_note = calibrate_scale(
             run_losses, rates, options.calibrate, options.calibration_steps, baseline,
-            extend_edge=None if _heavy_ball(spec) and not options.extend_momentum
-            else options.extend_edge,
-            extend_min_drop=options.extend_min_drop,
+            extend_edge=options.extend_edge, extend_min_drop=options.extend_min_drop,
             on_extend=extended,
         )  # fmt: skip
         if calibration_note:
@@ -529,12 +529,12 @@ def calibrate_scale(
             after = end - origin
             change = after if math.isfinite(after) else math.inf
         else:
-            change = sum(tail_losses) / len(tail_losses) - losses[0]
+            change = sum(tail_losses) / len(tail_losses) - origin
         return ScaleCheck(candidate, math.nan, change)
 
     checks = [scored(c) for c in candidates]
     if extend_edge is not None and _steep_edge(checks, started, extend_edge, extend_min_drop):
-        top, below = sorted(candidates)[-1], sorted(candidates)[-2]
+        *_, below, top = sorted(candidates)
         if on_extend is not None:
             on_extend()
         checks.append(scored(top * top / below))
