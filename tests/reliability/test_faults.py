@@ -39,6 +39,9 @@ pytestmark = [
 SLOW_MODEL = {"sizes": [64, 256, 256, 10], "activation": "tanh"}
 SLOW = {"data": "builtin://digits", "config": SLOW_MODEL,
         "budget": {"batches": 256, "batch_size": 512}}  # fmt: skip
+# Far past the time-limit test's 2 s on any CPU: the SLOW model's probe takes under 3 s on a
+# fast one (its job once finished inside the limit), this one 15 s there.
+TOO_SLOW_MODEL = {"sizes": [64, 1024, 1024, 10], "activation": "tanh"}
 FAST_BUDGET = {"batches": 4, "batch_size": 16, "heldout_batches": 1}
 # 74 M parameters (296 MB): the weights alone, with their gradients and the probe's saved
 # checkpoint, are beyond the worker's memory cap whatever the micro-batch (the probe retries
@@ -212,7 +215,9 @@ def test_time_limit_nan_and_out_of_memory_fail_with_codes_and_the_worker_goes_on
         ("prlimit", f"--as={WORKER_ADDRESS_SPACE}", "--"), LRPROBE_DEFAULT_TIME_LIMIT_SECONDS="2"
     )
     generous = {"time_limit_s": 120.0}
-    too_slow = make_job(stack.sessions, stack.checkpoint(SLOW_MODEL), **SLOW)
+    too_slow = make_job(
+        stack.sessions, stack.checkpoint(TOO_SLOW_MODEL), **SLOW | {"config": TOO_SLOW_MODEL}
+    )
     nan = make_job(stack.sessions, _nan_checkpoint(stack), budget=FAST_BUDGET | generous)
     oom = make_job(
         stack.sessions, stack.checkpoint(HUGE_MODEL), data="builtin://digits", config=HUGE_MODEL,
