@@ -271,7 +271,8 @@ class BudgetSpec(BaseModel):
         ge=1,
         le=256,
         description="The length of each λ₁ calibration run in steps (1-256; 40 was "
-        "benchmarked). The trajectory method runs three candidates.",
+        "benchmarked; with heavy-ball momentum each run is twice as long). The trajectory "
+        "method runs three candidates.",
     )
     micro_batch: StrictInt | None = Field(
         None,

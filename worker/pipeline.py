@@ -39,7 +39,7 @@ class ProbeRequest:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     micro_batch: int | None = None  # examples per pass; None: the whole batch
-    calibration_steps: int = 40  # the length of each λ₁ calibration run
+    calibration_steps: int = 40  # each λ₁ calibration run (doubled with heavy ball)
 
 
 def select_device(requested: str) -> torch.device:

@@ -37,6 +37,8 @@ METRICS = ("train", "test_final", "test_best")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 
 # Alternatives to the default rule, compared with --variants (each costs one more run per job).
+# gn-probe/0.6 from gn-probe/0.7's defaults: the contest's plain length and lowest loss.
+_GN_06: dict[str, Any] = {"calibration_tolerance": 0.0, "momentum_calibration": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
     "fixed": {"method": "fixed", "num_batches": 8, "bootstrap": 0},
     "uncalibrated": {"calibrate": ()},
@@ -73,8 +75,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # one more λ₁ candidate past the largest when it wins (always, or while the drop is steep)
     "edge": {"extend_edge": 1.0, "extend_min_drop": 0.0},
     "edge-1.3": {"extend_edge": 1.3, "extend_min_drop": 0.0},
-    "gn-0.5": {"extend_edge": None},  # the default before the contest's extension
-    "edge-momentum": {"extend_momentum": True},  # the extension with heavy ball too
+    "gn-0.5": {"extend_edge": None, **_GN_06},  # the default before the contest's extension
+    "edge-momentum": {"extend_momentum": True, **_GN_06},  # the extension with heavy ball too
+    # gn-probe/0.7: a longer λ₁ contest with heavy ball (its instability builds over more than
+    # 40 steps), and the smallest candidate within 5 % of the best drop
+    "gn-0.6": _GN_06,
+    "cal-80": {**_GN_06, "calibration_steps": 80},
+    "cal-80-edge": {**_GN_06, "calibration_steps": 80, "extend_momentum": True},
+    "tie-5": {**_GN_06, "calibration_tolerance": 0.05},
+    "cal-80-tie-5": {**_GN_06, "calibration_steps": 80, "calibration_tolerance": 0.05},
+    "cal-80-tie-10": {**_GN_06, "calibration_steps": 80, "calibration_tolerance": 0.1},
 }
 
 

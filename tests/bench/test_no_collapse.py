@@ -18,7 +18,9 @@ went wrong), then that the default rule does not.
   above its start (1.93), while the single-group rate reached 0.27. Fixed by gn-probe/0.4's
   margin for heavy-ball momentum with widely spread rates. Pinned by its λ₁ (0.3) too; on an
   AVX-512 machine the run ends at 1.84 instead, still with no more than 5 % of its training
-  loss gone, which is what ``_collapsed`` asks.
+  loss gone, which is what ``_collapsed`` asks. (gn-probe/0.7's longer contest picks a smaller
+  λ₁ here, 0.05: the per-layer rates tie the grid, and the single-group rate at that λ₁ no longer
+  halves the training loss in 300 steps; the per-layer rates are held to it all the same.)
 """
 
 from __future__ import annotations
@@ -73,9 +75,6 @@ def _runs(case: Case, rule: dict[str, Any]) -> tuple[Outcome, Outcome]:
     rates = {n: g.lr for g in result.groups for n in g.param_names}
     per_layer = train(task, case.job, start, rates)
     single = train(task, case.job, start, result.single_group_lr)
-    # The single-group rate learns in every pinned case: that is what makes a collapse of the
-    # per-layer rates a failure of the rule rather than of the task.
-    assert not single.diverged and single.train < 0.5 * single.train_start
     return per_layer, single
 
 
@@ -94,8 +93,11 @@ def _collapsed(run: Outcome) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_the_pinned_case_collapsed_under_the_old_rule(name: str) -> None:
-    per_layer, _ = _runs(CASES[name], CASES[name].old_rule)
+    per_layer, single = _runs(CASES[name], CASES[name].old_rule)
     assert _collapsed(per_layer)
+    # while the same probe's single-group rate learned: that is what makes the collapse a
+    # failure of the rule rather than of the task
+    assert not single.diverged and single.train < 0.5 * single.train_start
 
 
 @pytest.mark.slow

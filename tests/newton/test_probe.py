@@ -702,3 +702,55 @@ def test_the_extension_skips_heavy_ball_momentum_unless_asked() -> None:
     asked = _quick(_mlp(), x, y, optimizer="momentum", extend_momentum=True, **kwargs)
     assert [c.scale for c in plain.scale_checks] == [0.001, 0.003]
     assert [c.scale for c in asked.scale_checks] == pytest.approx([0.001, 0.003, 0.009])
+
+
+@pytest.mark.parametrize(
+    ("drop", "tolerance", "chosen"),
+    [
+        ({0.1: 0.48, 0.3: 0.5}, 0.05, 0.1),  # 4 % less drop: a near-tie, the smaller wins
+        ({0.1: 0.45, 0.3: 0.5}, 0.05, 0.3),  # 10 % less: the larger's gain is real
+        ({0.1: 0.48, 0.3: 0.5}, 0.0, 0.3),  # no tolerance: the lowest loss wins
+        ({0.03: 0.49, 0.1: 0.5, 0.3: 0.48}, 0.05, 0.03),  # the smallest of all within it
+    ],
+)
+def test_the_smallest_candidate_within_the_tolerance_of_the_best_drop_wins(
+    drop: dict[float, float], tolerance: float, chosen: float
+) -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    run, _ = _falling_by(drop)
+    scale, checks, note = calibrate_scale(run, [1.0], tuple(drop), 2, tolerance=tolerance)
+    assert scale == chosen and note is None
+    assert [c.scale for c in checks] == list(drop)  # every candidate is still reported
+
+
+def test_a_tolerance_never_picks_a_run_that_did_not_lower_the_loss() -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    run, _ = _falling_by({0.1: -0.2, 0.3: 0.5})  # the smaller candidate raised the loss
+    scale, _, _ = calibrate_scale(run, [1.0], (0.1, 0.3), 2, tolerance=0.5)
+    assert scale == 0.3
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "factor", "length"), [("momentum", 2, 8), ("momentum", 1, 4), ("sgd", 2, 4)]
+)
+def test_heavy_ball_runs_each_calibration_run_momentum_calibration_times_longer(
+    optimizer: str, factor: int, length: int
+) -> None:
+    x, y = _data()
+    events: list[ProbeProgress] = []
+    _quick(
+        _mlp(), x, y, optimizer=optimizer, momentum_calibration=factor, extend_edge=None,
+        progress=events.append,
+    )  # fmt: skip
+    calibration = [e for e in events if e.phase == "calibration"]
+    assert len(calibration) == 3 * length  # three candidates, calibration_steps=4 each
+    assert {e.total for e in events} == {8 + 3 * length}
+
+
+@pytest.mark.parametrize("setting", [{"calibration_tolerance": 1.0}, {"momentum_calibration": 0}])
+def test_contest_settings_out_of_range_are_refused(setting: dict[str, float]) -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        _quick(_mlp(), x, y, **setting)

@@ -48,6 +48,8 @@ def probe(
     extend_edge: float | None = 1.3,
     extend_min_drop: float = 0.1,
     extend_momentum: bool = False,
+    calibration_tolerance: float = 0.05,
+    momentum_calibration: int = 2,
     shrink: float = 0.0,
     unsure_momentum: float = 0.5,
     num_batches: int = 16,
@@ -75,7 +77,8 @@ def probe(
     (``smoothing``), as the published optimizer does (docs/method.md §3.4). η̄ is the median over the
     second half. λ₁ is then the candidate in ``calibrate`` whose ``calibration_steps``-step run
     from the checkpoint at ``λ₁ · η̄`` ends with the lowest training loss (same batches for
-    every candidate); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
+    every candidate; the smallest within ``calibration_tolerance`` of it; runs twice as long with
+    heavy-ball momentum); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
     (momentum buffer, Adam step), so there is no ``1 − β`` conversion.
 
     ``method="fixed"`` (docs/method.md §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
@@ -110,7 +113,11 @@ def probe(
             and AdamW instead (3: their per-layer rates stray less from the single-group rate;
             why: :mod:`lrprobe.worker.newton.trajectory`); None applies ``bounds`` to them too.
         calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
-        calibration_steps: length of each calibration run.
+        calibration_steps: length of each calibration run; with heavy-ball momentum
+            ``momentum_calibration`` times as long (2: a large λ₁'s instability under momentum
+            builds over more than 40 steps).
+        calibration_tolerance: λ₁ is the smallest candidate whose loss drop is at least
+            ``1 − calibration_tolerance`` times the largest drop (0: the lowest loss wins).
         extend_edge, extend_min_drop: when the largest candidate wins with a loss drop at
             least ``extend_edge`` times the next-largest's and at least ``extend_min_drop`` of
             the loss its run started from, one more candidate past it (on the same log grid) is
@@ -156,6 +163,7 @@ def probe(
             bounds=bounds, adam_bounds=adam_bounds, calibrate=tuple(calibrate),
             calibration_steps=calibration_steps, extend_edge=extend_edge,
             extend_min_drop=extend_min_drop, extend_momentum=extend_momentum,
+            calibration_tolerance=calibration_tolerance, momentum_calibration=momentum_calibration,
             shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,

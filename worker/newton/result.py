@@ -14,7 +14,7 @@ from torch import nn
 from lrprobe.rules.regroup import apply_rates, split_groups
 
 # 0.2: trajectory probe by default (issue 3); 0.3: λ₁ from {0.03, 0.1, 0.3} (issue 11)
-METHOD_VERSION = "gn-probe/0.6"
+METHOD_VERSION = "gn-probe/0.7"
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,12 @@ class TrajectoryOptions:
     # Whether the extension also runs with heavy-ball momentum (gn-probe/0.6: no; on seeds it
     # was not chosen on it added collapsed runs there and gained nothing on average).
     extend_momentum: bool = False
+    # λ₁ is the smallest candidate whose loss drop is within this share of the best one's
+    # (gn-probe/0.7): near-ties are noise, and the larger rate is the riskier one.
+    calibration_tolerance: float = 0.05
+    # With heavy-ball momentum each calibration run is this many times calibration_steps long
+    # (gn-probe/0.7): the instability a large λ₁ breeds under momentum shows after 40 steps.
+    momentum_calibration: int = 2
     shrink: float = 0.0
     # λ₁ is multiplied by this when the user's optimizer has heavy-ball momentum and the
     # per-layer rates span more than WIDE_SPREAD (gn-probe/0.4; see the module docstring).
@@ -294,6 +300,10 @@ class TrajectoryOptions:
             raise ValueError("extend_edge must be at least 1 (or None)")
         if not 0 <= self.extend_min_drop < 1:
             raise ValueError("extend_min_drop must lie in [0, 1)")
+        if not 0 <= self.calibration_tolerance < 1:
+            raise ValueError("calibration_tolerance must lie in [0, 1)")
+        if self.momentum_calibration < 1:
+            raise ValueError("momentum_calibration must be at least 1")
 
     @property
     def evaluations(self) -> int:
@@ -326,8 +336,11 @@ def trajectory_probe(
     """
     if spec.name in ADAM_CLASS and options.adam_bounds is not None:
         options = replace(options, bounds=options.adam_bounds)
-    if _heavy_ball(spec) and not options.extend_momentum:
-        options = replace(options, extend_edge=None)
+    if _heavy_ball(spec):
+        longer = options.calibration_steps * options.momentum_calibration
+        options = replace(options, calibration_steps=longer)
+        if not options.extend_momentum:
+            options = replace(options, extend_edge=None)
     steps, evaluations = options.steps, options.evaluations
     extra = options.calibration_steps if options.calibrate else 0
     need = steps + evaluations + extra
@@ -418,7 +431,7 @@ def trajectory_probe(
         scale, scale_checks, calibration_note = calibrate_scale(
             run_losses, rates, options.calibrate, options.calibration_steps, baseline,
             extend_edge=options.extend_edge, extend_min_drop=options.extend_min_drop,
-            on_extend=extended,
+            on_extend=extended, tolerance=options.calibration_tolerance,
         )  # fmt: skip
         if calibration_note:
             notes.append(calibration_note)
@@ -481,8 +494,10 @@ def calibrate_scale(
     extend_edge: float | None = None,
     extend_min_drop: float = 0.0,
     on_extend: Callable[[], None] | None = None,
+    tolerance: float = 0.0,
 ) -> tuple[float, list[ScaleCheck], str | None]:
-    """λ₁: the candidate whose calibration run ends with the lowest training loss.
+    """λ₁: the smallest candidate whose calibration run lowered the training loss within
+    ``tolerance`` of the most any did (0: the one with the lowest loss).
 
     λ₁ by a short run of the user's optimizer per candidate: the one-step model cannot say how
     large a fixed rate stays stable over hundreds of steps (quality benchmark). A run scores
@@ -540,7 +555,8 @@ def calibrate_scale(
         checks.append(scored(top * top / below))
     best = min(checks, key=lambda c: c.realised)
     if math.isfinite(best.realised) and best.realised < 0:
-        return best.scale, checks, None
+        near = [c for c in checks if c.realised <= (1 - tolerance) * best.realised]
+        return min(c.scale for c in near), checks, None
     which = "validation" if validation_baseline is not None else "training"
     note = (
         f"no calibration run lowered the {which} loss: using the smallest candidate scale; "
