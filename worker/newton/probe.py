@@ -121,7 +121,7 @@ def probe(
         extend_edge, extend_min_drop: when the largest candidate wins with a loss drop at
             least ``extend_edge`` times the next-largest's and at least ``extend_min_drop`` of
             the loss its run started from, one more candidate past it (on the same log grid) is
-            run and wins if it scores lower (``extend_edge=None``: never). Not with heavy-ball
+            run and joins the contest (``extend_edge=None``: never). Not with heavy-ball
             momentum unless ``extend_momentum``.
         shrink: pulls each group's η̄ toward the single-group η₁ of the same evaluation, in log
             space: ``η₁^shrink · η̄^(1−shrink)`` (0: none, 1: the single-group rate everywhere).
