@@ -754,3 +754,14 @@ def test_contest_settings_out_of_range_are_refused(setting: dict[str, float]) ->
     x, y = _data()
     with pytest.raises(ValueError, match=next(iter(setting))):
         _quick(_mlp(), x, y, **setting)
+
+
+def test_plain_sgd_is_not_heavy_ball_whatever_its_momentum_field_holds() -> None:
+    from lrprobe.worker.newton import OptimizerSpec
+
+    x, y = _data()
+    # As a job builds it: the schema's momentum default (0.9) rides along with "sgd".
+    as_a_job = OptimizerSpec("sgd", momentum=0.9)
+    events: list[ProbeProgress] = []
+    _quick(_mlp(), x, y, optimizer=as_a_job, extend_edge=None, progress=events.append)
+    assert sum(e.phase == "calibration" for e in events) == 3 * 4  # the plain contest

@@ -641,7 +641,9 @@ def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float)
 
 
 def _heavy_ball(spec: OptimizerSpec) -> bool:
-    return spec.name in ("sgd", "momentum") and spec.momentum > 0
+    # Plain "sgd" never has momentum, whatever its momentum field holds (the job schema's
+    # default is 0.9 for every name; the direction rule ignores it for "sgd").
+    return spec.name == "momentum" and spec.momentum > 0
 
 
 def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
