@@ -44,7 +44,7 @@ MicroBatch = Annotated[
 CalibrationSteps = Annotated[
     int,
     typer.Option(
-        min=1, help="Steps of each λ₁ calibration run (40 benchmarked; doubled with momentum)."
+        min=1, help="Steps of each λ₁ calibration run (40 benchmarked; doubled for 'momentum')."
     ),
 ]
 Seed = Annotated[int, typer.Option(help="Random seed.")]

@@ -133,7 +133,13 @@ class OptimizerSpec(BaseModel):
         description="sgd, momentum (SGD with momentum), adam, adamw, rmsprop, adagrad, nadam, "
         "radam or lion (lion-pytorch's Lion)."
     )
-    momentum: StrictFloat = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum, in [0, 1).")
+    momentum: StrictFloat = Field(
+        0.9,
+        ge=0.0,
+        lt=1.0,
+        description="Momentum β in [0, 1), read by 'momentum' and 'rmsprop' (plain 'sgd' has "
+        "none).",
+    )
     dampening: StrictFloat = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
     nesterov: StrictBool = Field(False, description="Nesterov momentum (needs dampening 0).")
     betas: _Betas = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
@@ -271,8 +277,8 @@ class BudgetSpec(BaseModel):
         ge=1,
         le=256,
         description="The length of each λ₁ calibration run in steps (1-256; 40 was "
-        "benchmarked; with heavy-ball momentum each run is twice as long). The trajectory "
-        "method runs three candidates.",
+        "benchmarked; with the 'momentum' optimizer each run is twice as long). The trajectory "
+        "method runs three candidates (a fourth when the largest wins steeply).",
     )
     micro_batch: StrictInt | None = Field(
         None,

@@ -38,7 +38,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 
 # Alternatives to the default rule, compared with --variants (each costs one more run per job).
 # gn-probe/0.6 from gn-probe/0.7's defaults: the contest's plain length and lowest loss.
-_GN_06: dict[str, Any] = {"calibration_tolerance": 0.0, "momentum_calibration": 1}
+_GN_06: dict[str, Any] = {"calibration_tolerance": 0.0, "momentum_calibration_factor": 1}
 VARIANTS: dict[str, dict[str, Any]] = {
     "fixed": {"method": "fixed", "num_batches": 8, "bootstrap": 0},
     "uncalibrated": {"calibrate": ()},

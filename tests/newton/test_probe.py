@@ -662,11 +662,12 @@ def test_an_extended_contest_counts_its_run_in_progress_and_cost() -> None:
     x, y = _data()
     events: list[ProbeProgress] = []
     # Candidates far too small for this task: the largest wins and the loss is still falling.
+    # (No tolerance: at such rates the 4-step drops differ by less than 5 %.)
     small = (0.001, 0.003)
-    plain = _quick(_mlp(), x, y, calibrate=small, extend_edge=None)
+    plain = _quick(_mlp(), x, y, calibrate=small, extend_edge=None, calibration_tolerance=0.0)
     extended = _quick(
         _mlp(), x, y, calibrate=small, extend_edge=1.0, extend_min_drop=0.0,
-        progress=events.append,
+        calibration_tolerance=0.0, progress=events.append,
     )  # fmt: skip
 
     assert [c.scale for c in extended.scale_checks] == pytest.approx([0.001, 0.003, 0.009])
@@ -697,7 +698,10 @@ def test_extension_settings_out_of_range_are_refused(setting: dict[str, float]) 
 def test_the_extension_skips_heavy_ball_momentum_unless_asked() -> None:
     x, y = _data()
     # Candidates far too small for this task: without momentum the edge would be extended.
-    kwargs = {"calibrate": (0.001, 0.003), "extend_edge": 1.0, "extend_min_drop": 0.0}
+    kwargs = {
+        "calibrate": (0.001, 0.003), "extend_edge": 1.0, "extend_min_drop": 0.0,
+        "calibration_tolerance": 0.0,
+    }  # fmt: skip
     plain = _quick(_mlp(), x, y, optimizer="momentum", **kwargs)
     asked = _quick(_mlp(), x, y, optimizer="momentum", extend_momentum=True, **kwargs)
     assert [c.scale for c in plain.scale_checks] == [0.001, 0.003]
@@ -727,7 +731,8 @@ def test_the_smallest_candidate_within_the_tolerance_of_the_best_drop_wins(
 def test_a_tolerance_never_picks_a_run_that_did_not_lower_the_loss() -> None:
     from lrprobe.worker.newton.trajectory import calibrate_scale
 
-    run, _ = _falling_by({0.1: -0.2, 0.3: 0.5})  # the smaller candidate raised the loss
+    # The smaller candidate raised the loss by more than the tolerance's margin (0.5 × 0.5).
+    run, _ = _falling_by({0.1: -0.4, 0.3: 0.5})
     scale, _, _ = calibrate_scale(run, [1.0], (0.1, 0.3), 2, tolerance=0.5)
     assert scale == 0.3
 
@@ -735,13 +740,13 @@ def test_a_tolerance_never_picks_a_run_that_did_not_lower_the_loss() -> None:
 @pytest.mark.parametrize(
     ("optimizer", "factor", "length"), [("momentum", 2, 8), ("momentum", 1, 4), ("sgd", 2, 4)]
 )
-def test_heavy_ball_runs_each_calibration_run_momentum_calibration_times_longer(
+def test_heavy_ball_runs_each_calibration_run_momentum_calibration_factor_times_longer(
     optimizer: str, factor: int, length: int
 ) -> None:
     x, y = _data()
     events: list[ProbeProgress] = []
     _quick(
-        _mlp(), x, y, optimizer=optimizer, momentum_calibration=factor, extend_edge=None,
+        _mlp(), x, y, optimizer=optimizer, momentum_calibration_factor=factor, extend_edge=None,
         progress=events.append,
     )  # fmt: skip
     calibration = [e for e in events if e.phase == "calibration"]
@@ -749,7 +754,14 @@ def test_heavy_ball_runs_each_calibration_run_momentum_calibration_times_longer(
     assert {e.total for e in events} == {8 + 3 * length}
 
 
-@pytest.mark.parametrize("setting", [{"calibration_tolerance": 1.0}, {"momentum_calibration": 0}])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"calibration_tolerance": 1.0},
+        {"momentum_calibration_factor": 0},
+        {"momentum_calibration_factor": 1.5},
+    ],
+)
 def test_contest_settings_out_of_range_are_refused(setting: dict[str, float]) -> None:
     x, y = _data()
     with pytest.raises(ValueError, match=next(iter(setting))):
@@ -765,3 +777,45 @@ def test_plain_sgd_is_not_heavy_ball_whatever_its_momentum_field_holds() -> None
     events: list[ProbeProgress] = []
     _quick(_mlp(), x, y, optimizer=as_a_job, extend_edge=None, progress=events.append)
     assert sum(e.phase == "calibration" for e in events) == 3 * 4  # the plain contest
+
+
+def test_the_edge_is_extended_only_when_the_tolerance_rule_picks_it() -> None:
+    from lrprobe.worker.newton.trajectory import calibrate_scale
+
+    # 0.3 has the lowest loss and a steep edge, but 0.03 comes within 5 % of its drop: 0.03 wins,
+    # and the contest is not extended past a candidate it did not choose.
+    run, called = _falling_by({0.03: 0.49, 0.1: 0.3, 0.3: 0.5, 0.9: 0.7})
+    scale, _, _ = calibrate_scale(
+        run, [1.0], (0.03, 0.1, 0.3), 2, extend_edge=1.3, extend_min_drop=0.1, tolerance=0.05
+    )
+    assert (scale, called) == (0.03, [0.03, 0.1, 0.3])
+    # An extension run within the tolerance of the edge's drop does not displace it.
+    run, called = _falling_by({0.1: 0.2, 0.3: 0.5, 0.9: 0.51})
+    scale, _, _ = calibrate_scale(run, [1.0], (0.1, 0.3), 2, extend_edge=1.3, tolerance=0.05)
+    assert called == [0.1, 0.3, 0.9] and scale == 0.3
+
+
+def test_the_tolerance_reaches_the_contest_through_probe() -> None:
+    x, y = _data()
+    # Candidates far apart: the largest lowers the loss most, the smallest by a little.
+    kwargs = {"calibrate": (0.001, 0.3), "extend_edge": None}
+    strict = _quick(_mlp(), x, y, calibration_tolerance=0.0, **kwargs)
+    loose = _quick(_mlp(), x, y, calibration_tolerance=0.999, **kwargs)
+    small, large = (c.realised for c in strict.scale_checks)
+    assert large < small < 0  # the premise: both lowered the loss, the larger rate more
+    assert (strict.scale, loose.scale) == (0.3, 0.001)
+
+
+def test_a_parameter_group_s_own_momentum_makes_the_contest_heavy_ball() -> None:
+    from lrprobe.worker.newton import OptimizerSpec
+    from lrprobe.worker.newton.directions import ParamGroupSpec
+
+    x, y = _data()
+    model = _mlp()
+    first = next(name for name, _ in model.named_parameters())
+    spec = OptimizerSpec(
+        "momentum", momentum=0.0, param_groups=(ParamGroupSpec((first,), {"momentum": 0.9}),)
+    )
+    events: list[ProbeProgress] = []
+    _quick(model, x, y, optimizer=spec, extend_edge=None, progress=events.append)
+    assert sum(e.phase == "calibration" for e in events) == 3 * 8  # twice calibration_steps=4

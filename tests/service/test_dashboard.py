@@ -306,6 +306,21 @@ def test_the_form_stores_calibration_steps_and_micro_batch(api: RunningApi) -> N
     assert "micro-batches of 16 · 12 calibration steps" in page
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
+def test_the_job_page_says_when_momentum_doubles_the_calibration_runs(
+    api: RunningApi, optimizer: str
+) -> None:
+    csrf = sign_in(api, api.key_a)
+    form = _form(api, csrf) | {"optimizer.name": optimizer, "budget.calibration_steps": "12"}
+
+    created = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+
+    assert created.status_code == 303, created.text
+    page = html.unescape(re.sub(r"<[^>]+>", "", api.client.get(created.headers["location"]).text))
+    assert "12 calibration steps" in page
+    assert ("12 calibration steps (× 2 with momentum)" in page) == (optimizer == "momentum")
+
+
 def test_an_empty_micro_batch_is_the_whole_batch(api: RunningApi) -> None:
     csrf = sign_in(api, api.key_a)
     form = _form(api, csrf) | {"budget.calibration_steps": "40", "budget.micro_batch": "  "}

@@ -49,7 +49,7 @@ def probe(
     extend_min_drop: float = 0.1,
     extend_momentum: bool = False,
     calibration_tolerance: float = 0.05,
-    momentum_calibration: int = 2,
+    momentum_calibration_factor: int = 2,
     shrink: float = 0.0,
     unsure_momentum: float = 0.5,
     num_batches: int = 16,
@@ -75,10 +75,11 @@ def probe(
     batch (Newton with a Levenberg fallback by default), clipped to
     ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
     (``smoothing``), as the published optimizer does (docs/method.md §3.4). η̄ is the median over the
-    second half. λ₁ is then the candidate in ``calibrate`` whose ``calibration_steps``-step run
-    from the checkpoint at ``λ₁ · η̄`` ends with the lowest training loss (same batches for
-    every candidate; the smallest within ``calibration_tolerance`` of it; runs twice as long with
-    heavy-ball momentum); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
+    second half. λ₁ is then the smallest candidate in ``calibrate`` whose
+    ``calibration_steps``-step run from the checkpoint at ``λ₁ · η̄`` lowers the training loss by
+    at least ``1 − calibration_tolerance`` times the most any candidate did (same batches for
+    every candidate; ``momentum_calibration_factor`` times as many steps with heavy-ball
+    momentum); the recommended lr is ``λ₁ · η̄`` and multiplies the optimizer's own step
     (momentum buffer, Adam step), so there is no ``1 − β`` conversion.
 
     ``method="fixed"`` (docs/method.md §7.1): θ stays fixed. For each of ``num_batches`` pairs, a
@@ -98,7 +99,8 @@ def probe(
         model: the checkpoint; it comes back unchanged (parameters, buffers, RNG, ``.grad``).
         loss_fn: ``loss_fn(model, batch) -> scalar``.
         batches: yields at least ``steps + ⌈steps/period⌉ + calibration_steps`` batches
-            (trajectory) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
+            (trajectory; ``momentum_calibration_factor · calibration_steps`` with heavy-ball
+            momentum) or ``2·num_batches + 2·heldout_batches`` (fixed); more are not read.
             They should be independent draws (see :func:`minibatches`).
         optimizer: a name in :data:`OPTIMIZERS` ("sgd", "momentum", "adam", "adamw",
             "rmsprop", "adagrad", "nadam", "radam", "lion"), an :class:`OptimizerSpec`, or a
@@ -113,11 +115,12 @@ def probe(
             and AdamW instead (3: their per-layer rates stray less from the single-group rate;
             why: :mod:`lrprobe.worker.newton.trajectory`); None applies ``bounds`` to them too.
         calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
-        calibration_steps: length of each calibration run; with heavy-ball momentum
-            ``momentum_calibration`` times as long (2: a large λ₁'s instability under momentum
-            builds over more than 40 steps).
+        calibration_steps: length of each calibration run; with heavy-ball momentum (the
+            "momentum" optimizer with β > 0) ``momentum_calibration_factor`` times as long (2:
+            a large λ₁'s instability under momentum builds over more than 40 steps).
         calibration_tolerance: λ₁ is the smallest candidate whose loss drop is at least
-            ``1 − calibration_tolerance`` times the largest drop (0: the lowest loss wins).
+            ``1 − calibration_tolerance`` times the largest drop (a share of the drop, not of
+            the loss; 0: the lowest loss wins).
         extend_edge, extend_min_drop: when the largest candidate wins with a loss drop at
             least ``extend_edge`` times the next-largest's and at least ``extend_min_drop`` of
             the loss its run started from, one more candidate past it (on the same log grid) is
@@ -163,7 +166,8 @@ def probe(
             bounds=bounds, adam_bounds=adam_bounds, calibrate=tuple(calibrate),
             calibration_steps=calibration_steps, extend_edge=extend_edge,
             extend_min_drop=extend_min_drop, extend_momentum=extend_momentum,
-            calibration_tolerance=calibration_tolerance, momentum_calibration=momentum_calibration,
+            calibration_tolerance=calibration_tolerance,
+            momentum_calibration_factor=momentum_calibration_factor,
             shrink=shrink, unsure_momentum=unsure_momentum, lam_int=lam,
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,

@@ -1,7 +1,7 @@
 """The trajectory probe: a short grouped-Newton run, then a calibrated global scale.
 
 gn-probe/0.7 (issue 11, fifth round) changed the λ₁ contest in two ways. With heavy-ball
-momentum each calibration run is twice as long (``momentum_calibration``: 80 steps instead of
+momentum each calibration run is twice as long (``momentum_calibration_factor``: 80 steps instead of
 40), and for every optimizer λ₁ is the smallest candidate whose loss drop is at least 95 % of
 the largest drop (``calibration_tolerance``) rather than the lowest loss outright. The worst
 cells were momentum's, and their contests could not see what went wrong: on the deep MLP the
@@ -310,11 +310,13 @@ class TrajectoryOptions:
     # was not chosen on it added collapsed runs there and gained nothing on average).
     extend_momentum: bool = False
     # λ₁ is the smallest candidate whose loss drop is within this share of the best one's
-    # (gn-probe/0.7): near-ties are noise, and the larger rate is the riskier one.
+    # (gn-probe/0.7): near-ties are noise, and the larger rate is the riskier one. (Under
+    # gn-probe/0.2 it changed nothing; it matters once the longer momentum contest brings the
+    # saturated training loss of small data sets to near-ties.)
     calibration_tolerance: float = 0.05
     # With heavy-ball momentum each calibration run is this many times calibration_steps long
     # (gn-probe/0.7): the instability a large λ₁ breeds under momentum shows after 40 steps.
-    momentum_calibration: int = 2
+    momentum_calibration_factor: int = 2
     shrink: float = 0.0
     # λ₁ is multiplied by this when the user's optimizer has heavy-ball momentum and the
     # per-layer rates span more than WIDE_SPREAD (gn-probe/0.4; see the module docstring).
@@ -349,8 +351,9 @@ class TrajectoryOptions:
             raise ValueError("extend_min_drop must lie in [0, 1)")
         if not 0 <= self.calibration_tolerance < 1:
             raise ValueError("calibration_tolerance must lie in [0, 1)")
-        if self.momentum_calibration < 1:
-            raise ValueError("momentum_calibration must be at least 1")
+        factor = self.momentum_calibration_factor
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError("momentum_calibration_factor must be an integer of at least 1")
 
     @property
     def evaluations(self) -> int:
@@ -384,7 +387,7 @@ def trajectory_probe(
     if spec.name in ADAM_CLASS and options.adam_bounds is not None:
         options = replace(options, bounds=options.adam_bounds)
     if _heavy_ball(spec):
-        longer = options.calibration_steps * options.momentum_calibration
+        longer = options.calibration_steps * options.momentum_calibration_factor
         options = replace(options, calibration_steps=longer)
         if not options.extend_momentum:
             options = replace(options, extend_edge=None)
@@ -552,7 +555,8 @@ def calibrate_scale(
     non-finite scores +∞. With validation batches, a run scores their loss after it minus
     ``validation_baseline`` (their loss at the checkpoint) instead.
 
-    With ``extend_edge``, a contest won by its largest candidate while the loss still fell
+    With ``extend_edge``, a contest won by its largest candidate (within the tolerance rule:
+    no smaller candidate comes within ``tolerance`` of its drop) while the loss still fell
     steeply there (a drop at least ``extend_edge`` times the next-largest candidate's, and at
     least ``extend_min_drop`` of the loss the score started from) runs one more candidate past
     it, on the same log grid (the largest × its ratio to the next-largest); it is a candidate
@@ -595,21 +599,36 @@ def calibrate_scale(
         return ScaleCheck(candidate, math.nan, change)
 
     checks = [scored(c) for c in candidates]
-    if extend_edge is not None and _steep_edge(checks, started, extend_edge, extend_min_drop):
+    chosen = _chosen(checks, tolerance)
+    if (
+        extend_edge is not None
+        and chosen is not None
+        and chosen.scale == max(candidates)
+        and _steep_edge(checks, started, extend_edge, extend_min_drop)
+    ):
         *_, below, top = sorted(candidates)
         if on_extend is not None:
             on_extend()
         checks.append(scored(top * top / below))
-    best = min(checks, key=lambda c: c.realised)
-    if math.isfinite(best.realised) and best.realised < 0:
-        near = [c for c in checks if c.realised <= (1 - tolerance) * best.realised]
-        return min(c.scale for c in near), checks, None
+        chosen = _chosen(checks, tolerance)
+    if chosen is not None:
+        return chosen.scale, checks, None
     which = "validation" if validation_baseline is not None else "training"
     note = (
         f"no calibration run lowered the {which} loss: using the smallest candidate scale; "
         "treat these rates as an upper bound"
     )
     return min(candidates), checks, note
+
+
+def _chosen(checks: Sequence[ScaleCheck], tolerance: float) -> ScaleCheck | None:
+    """The smallest candidate whose drop is at least ``1 − tolerance`` times the largest drop;
+    None when no run lowered the loss (or stayed finite)."""
+    best = min(checks, key=lambda c: c.realised)
+    if not (math.isfinite(best.realised) and best.realised < 0):
+        return None
+    return min((c for c in checks if c.realised <= (1 - tolerance) * best.realised),
+               key=lambda c: c.scale)  # fmt: skip
 
 
 def _steep_edge(
@@ -633,7 +652,7 @@ def _steep_edge(
 def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float) -> str | None:
     """Why λ₁ is lowered, or None: heavy-ball momentum with per-layer rates that span more
     than :data:`WIDE_SPREAD`. The momentum buffer multiplies the step by up to 1/(1 − β), and
-    the instability it breeds builds over more steps than a 40-step calibration run sees; a
+    the instability it breeds builds over more steps than a calibration run sees; a
     wide spread marks the runs where the probe is least sure. On the quality benchmark these
     were the runs that learned and then fell back to chance level (see the module docstring)."""
     span = rate_span(rates)
@@ -646,9 +665,13 @@ def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float)
 
 
 def _heavy_ball(spec: OptimizerSpec) -> bool:
-    # Plain "sgd" never has momentum, whatever its momentum field holds (the job schema's
-    # default is 0.9 for every name; the direction rule ignores it for "sgd").
-    return spec.name == "momentum" and spec.momentum > 0
+    """Whether any parameter trains with a heavy-ball momentum buffer. Plain "sgd" never does,
+    whatever its momentum field holds (the job schema's default is 0.9 for every name; the
+    direction rule ignores it for "sgd"); with "momentum", a parameter group may set its own."""
+    if spec.name != "momentum":
+        return False
+    overrides = [g.overrides.get("momentum") for g in spec.param_groups]
+    return spec.momentum > 0 or any(m is not None and m > 0 for m in overrides)
 
 
 def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
