@@ -86,6 +86,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-80-tie-5": {**_GN_06, "calibration_steps": 80, "calibration_tolerance": 0.05},
     "cal-80-tie-10": {**_GN_06, "calibration_steps": 80, "calibration_tolerance": 0.1},
     "edge-momentum-0.7": {"extend_momentum": True},  # gn-probe/0.7 with heavy ball's extension
+    "margin-off-0.7": {"unsure_momentum": 1.0},  # gn-probe/0.7 without the momentum margin
 }
 
 

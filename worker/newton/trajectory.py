@@ -40,12 +40,14 @@ wine-resmlp SGD init 0.025 → 0.036, the deep MLP AdamW warm −0.011 → 0.001
 optimizer so that one rule reads the contest (on seeds 3–4, SGD and AdamW, 32 cells: median
 0.015 → 0.012, mean 0.013 → 0.005, 4 cells better, 1 worse). The extension past 0.3 with heavy
 ball too, on top of both (momentum, seeds 0–2): worst 0.185 → 0.155 but the MNIST-1D CNN from
-init −0.064 → 0.045 and mean and median unchanged; not kept. The cost is 120 more passes with
-momentum (mean 256 → 376 FB there; the GPT's momentum cells 482, up to 580 where its trajectory
-was run again). All figures of this round are from an AVX-512 Xeon; the README's quality section
-has the full table under gn-probe/0.7 (all 54 cells against gn-probe/0.6: median 0.001 →
-0.001, mean −0.011 → −0.035, worst 0.508 → 0.185, cells above 0.15 4 → 1, collapsed runs 7 → 5,
-mean selection FB 263 → 303).
+init −0.064 → 0.045 and mean and median unchanged; not kept. Nor is the momentum margin made
+redundant by the longer contest: without it (momentum, seeds 0–2) median 0.010 → 0.023, worst
+0.185 → 0.375, collapsed runs 3 → 5. The cost is 120 more passes with momentum (mean 256 → 376
+FB there; the GPT's momentum cells 482, up to 580 where its trajectory was run again). All
+figures of this round are from an AVX-512 Xeon; the README's quality section has the full table
+under gn-probe/0.7 (all 54 cells against gn-probe/0.6: median 0.001 → 0.001, mean −0.011 →
+−0.035, worst 0.508 → 0.185, cells above 0.15 4 → 1, collapsed runs 7 → 5, mean selection FB 263
+→ 303).
 
 gn-probe/0.6 (issue 11, fourth round) changed one thing: when the λ₁ contest is won by its
 largest candidate while the loss still fell steeply there, one more candidate past it is run
