@@ -557,8 +557,8 @@ def calibrate_scale(
     non-finite scores +∞. With validation batches, a run scores their loss after it minus
     ``validation_baseline`` (their loss at the checkpoint) instead.
 
-    With ``extend_edge``, a contest won by its largest candidate (within the tolerance rule:
-    no smaller candidate comes within ``tolerance`` of its drop) while the loss still fell
+    With ``extend_edge``, a contest won by its largest candidate (under the tolerance rule: no
+    smaller candidate comes within ``tolerance`` of its drop) while the loss still fell
     steeply there (a drop at least ``extend_edge`` times the next-largest candidate's, and at
     least ``extend_min_drop`` of the loss the score started from) runs one more candidate past
     it, on the same log grid (the largest × its ratio to the next-largest); it is a candidate
@@ -636,16 +636,15 @@ def _chosen(checks: Sequence[ScaleCheck], tolerance: float) -> ScaleCheck | None
 def _steep_edge(
     checks: Sequence[ScaleCheck], started: Mapping[float, float], gain: float, min_drop: float
 ) -> bool:
-    """Whether the contest's largest candidate won while the loss was still falling steeply
-    there: its drop is at least ``gain`` times the next-largest candidate's and at least
-    ``min_drop`` of the loss it started from. On a plateau (a drop of a few per cent) the
-    candidates' differences are noise, and larger rates are where long runs fall back."""
+    """Whether the loss was still falling steeply at the contest's largest candidate, which
+    the caller has seen win (so its drop is positive and the largest): its drop is at least
+    ``gain`` times the next-largest candidate's and at least ``min_drop`` of the loss it
+    started from. On a plateau (a drop of a few per cent) the candidates' differences are
+    noise, and larger rates are where long runs fall back."""
     if len(checks) < 2:
         return False
     ordered = sorted(checks, key=lambda c: c.scale)
     top, below = ordered[-1], ordered[-2]
-    if not top.realised < 0 or top.realised > min(c.realised for c in checks):
-        return False
     if -top.realised < min_drop * abs(started[top.scale]):
         return False
     return not below.realised < 0 or top.realised <= gain * below.realised
