@@ -18,7 +18,9 @@ time, with the same code and sentence:
   allow-list, built-in dataset names);
 - ``json_limits``: JSON parsed with size and depth limits;
 - ``regroup``: recommended rates into ``torch.optim`` parameter groups (see its docstring for
-  why it lives here).
+  why it lives here);
+- ``calibration``: which optimizers get the longer λ₁ contest, and how much longer (the probe
+  runs it, the dashboard shows it).
 
 A refusal is a :class:`RuleError`; the service renders it as problem+json, the worker's intake
 raises it as its own error (``IntakeError`` derives from it).

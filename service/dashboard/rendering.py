@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 
 from lrprobe.client.schemas import JobOut
+from lrprobe.rules.calibration import MOMENTUM_CALIBRATION_FACTOR, heavy_ball
 from lrprobe.service.dashboard import charts
 from lrprobe.service.dashboard.session import csrf_token
 from lrprobe.service.errors import ServiceError
@@ -117,6 +118,14 @@ def job_duration(job: JobOut) -> float | None:
     return max(0.0, (end - job.started_at).total_seconds())
 
 
+def calibration_factor(job: JobOut) -> int:
+    """How many times ``budget.calibration_steps`` each of the job's calibration runs takes."""
+    optimizer = job.spec.optimizer
+    momenta = (g.momentum for g in optimizer.param_groups)
+    longer = heavy_ball(optimizer.name, optimizer.momentum, momenta)
+    return MOMENTUM_CALIBRATION_FACTOR if longer else 1
+
+
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -142,6 +151,6 @@ def human_ago(at: datetime) -> str:
 
 templates.env.globals.update(
     static_url=static_url, fmt=charts.fmt, statuses=STATUSES, human_duration=human_duration,
-    human_ago=human_ago, job_duration=job_duration,
+    human_ago=human_ago, job_duration=job_duration, calibration_factor=calibration_factor,
 )  # fmt: skip
 templates.env.filters["utc"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S UTC") if at else "—"

@@ -418,3 +418,17 @@ def test_no_example_job_once_there_are_jobs(api: RunningApi) -> None:
     api.job_id(api.key_a)
 
     assert ensure_example_job(api.settings, api.queue) is None
+
+
+def test_a_parameter_group_s_own_momentum_doubles_the_calibration_runs_too(
+    api: RunningApi,
+) -> None:
+    sign_in(api, api.key_a)
+    # β = 0 for the optimizer, 0.9 for one group: the probe runs the longer contest.
+    optimizer = {"name": "momentum", "momentum": 0.0,
+                 "param_groups": [{"params": ["layers.0.weight"], "momentum": 0.9}]}  # fmt: skip
+    job_id = api.job_id(api.key_a, optimizer=optimizer)
+
+    page = html.unescape(re.sub(r"<[^>]+>", "", api.client.get(f"/ui/jobs/{job_id}").text))
+
+    assert "40 calibration steps (× 2 with momentum)" in page

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lrprobe.rules.calibration import MOMENTUM_CALIBRATION_FACTOR
 from lrprobe.worker.newton.directions import DirectionRule, OptimizerSpec, ParamState, from_torch
 from lrprobe.worker.newton.fixed import FixedOptions, fixed_probe
 from lrprobe.worker.newton.meter import Phase, ProbeProgress
@@ -49,7 +50,7 @@ def probe(
     extend_min_drop: float = 0.1,
     extend_momentum: bool = False,
     calibration_tolerance: float = 0.05,
-    momentum_calibration_factor: int = 2,
+    momentum_calibration_factor: int = MOMENTUM_CALIBRATION_FACTOR,
     shrink: float = 0.0,
     unsure_momentum: float = 0.5,
     num_batches: int = 16,

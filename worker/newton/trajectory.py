@@ -245,6 +245,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lrprobe.rules.calibration import MOMENTUM_CALIBRATION_FACTOR, heavy_ball
 from lrprobe.worker.newton.directions import OptimizerSpec, ParamState, build_optimizer
 from lrprobe.worker.newton.errors import NumericalError
 from lrprobe.worker.newton.meter import Meter, ProbeProgress
@@ -318,7 +319,7 @@ class TrajectoryOptions:
     calibration_tolerance: float = 0.05
     # With heavy-ball momentum each calibration run is this many times calibration_steps long
     # (gn-probe/0.7): the instability a large λ₁ breeds under momentum shows after 40 steps.
-    momentum_calibration_factor: int = 2
+    momentum_calibration_factor: int = MOMENTUM_CALIBRATION_FACTOR
     shrink: float = 0.0
     # λ₁ is multiplied by this when the user's optimizer has heavy-ball momentum and the
     # per-layer rates span more than WIDE_SPREAD (gn-probe/0.4; see the module docstring).
@@ -666,13 +667,8 @@ def _momentum_margin(spec: OptimizerSpec, rates: Sequence[float], factor: float)
 
 
 def _heavy_ball(spec: OptimizerSpec) -> bool:
-    """Whether any parameter trains with a heavy-ball momentum buffer. Plain "sgd" never does,
-    whatever its momentum field holds (the job schema's default is 0.9 for every name; the
-    direction rule ignores it for "sgd"); with "momentum", a parameter group may set its own."""
-    if spec.name != "momentum":
-        return False
-    overrides = [g.overrides.get("momentum") for g in spec.param_groups]
-    return spec.momentum > 0 or any(m is not None and m > 0 for m in overrides)
+    momenta = (g.overrides.get("momentum") for g in spec.param_groups)
+    return heavy_ball(spec.name, spec.momentum, momenta)
 
 
 def _shrunk(traj: Trajectory, shrink: float) -> Trajectory:
