@@ -23,7 +23,7 @@ from lrprobe.worker.newton.partition import partition as partition_model
 from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.result import ProbeResult
 from lrprobe.worker.newton.summaries import LossFn
-from lrprobe.worker.newton.trajectory import TrajectoryOptions, trajectory_probe
+from lrprobe.worker.newton.trajectory import TrajectoryOptions, Unanchored, trajectory_probe
 
 __all__ = ["Method", "Phase", "ProbeProgress", "probe"]
 
@@ -44,6 +44,7 @@ def probe(
     trajectory_scale: float = 0.3,
     bounds: float | None = 10.0,
     adam_bounds: float | None = 3.0,
+    unanchored: Unanchored = "relu",
     calibrate: Sequence[float] = (0.03, 0.1, 0.3),
     calibration_steps: int = 40,
     extend_edge: float | None = 1.3,
@@ -74,7 +75,7 @@ def probe(
     copy of the model, ``steps`` steps of the user's own optimizer with per-group rates
     ``trajectory_scale · η̄``, where η is re-solved every ``period`` steps on an independent
     batch (Newton with a Levenberg fallback by default), clipped to
-    ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ and smoothed by an EMA
+    ``[η₁/bounds, bounds·η₁]`` around the single-group η₁ (where η₁ > 0) and smoothed by an EMA
     (``smoothing``), as the published optimizer does (docs/method.md §3.4). η̄ is the median over the
     second half. λ₁ is then the smallest candidate in ``calibrate`` whose
     ``calibration_steps``-step run from the checkpoint at ``λ₁ · η̄`` lowers the training loss by
@@ -115,6 +116,10 @@ def probe(
             ``bounds=None`` keeps only the published relu. ``adam_bounds``: the bounds for Adam
             and AdamW instead (3: their per-layer rates stray less from the single-group rate;
             why: :mod:`lrprobe.worker.newton.trajectory`); None applies ``bounds`` to them too.
+            ``unanchored``: what an evaluation whose single-group η is not positive (the
+            bounds' anchor) does: "relu" (the default) updates the rates unbounded there,
+            "hold" leaves them as they were, "last" bounds them around the latest positive
+            single-group η (both tried and not kept; see the module).
         calibrate: candidate λ₁ for the trajectory's recommendation; empty: ``trajectory_scale``.
         calibration_steps: length of each calibration run; with heavy-ball momentum (the
             "momentum" optimizer with β > 0) ``momentum_calibration_factor`` times as long (2:
@@ -164,7 +169,8 @@ def probe(
         lam = 0.0 if lam_int is None else lam_int
         options: TrajectoryOptions | FixedOptions = TrajectoryOptions(
             steps=steps, period=period, smoothing=smoothing, scale=trajectory_scale,
-            bounds=bounds, adam_bounds=adam_bounds, calibrate=tuple(calibrate),
+            bounds=bounds, adam_bounds=adam_bounds, unanchored=unanchored,
+            calibrate=tuple(calibrate),
             calibration_steps=calibration_steps, extend_edge=extend_edge,
             extend_min_drop=extend_min_drop, extend_momentum=extend_momentum,
             calibration_tolerance=calibration_tolerance,

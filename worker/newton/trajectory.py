@@ -49,6 +49,43 @@ under gn-probe/0.7 (all 54 cells against gn-probe/0.6: median 0.001 → 0.001, m
 −0.035, worst 0.508 → 0.185, cells above 0.15 4 → 1, collapsed runs 7 → 5, mean selection FB 263
 → 303).
 
+Tried on top of gn-probe/0.7 and not kept (issue 11, sixth round): keeping the bounds where
+the single-group η is not positive. The bounds [η₁/b, b·η₁] need η₁ > 0; at an evaluation where
+the curvature along the whole step is negative they lapse and only relu applies
+(``unanchored="relu"``, the default). That is common on a plateau: on the 8-layer ReLU MLP at
+init 2 to 7 of the 10 evaluations of a trajectory have η₁ ≤ 0, and one layer's rate then reaches
+10⁴–10⁵ times another's (SGD from init, seed 1: the first layer 432, the others 0.02–1.4). Two
+ways to keep them (variants ``hold``: the rates stay as they were; ``last``: bounds around the
+latest positive η₁), against gn-probe/0.7 on the same jobs (seeds 0–2; "behind" as above):
+
+=================================================  ======  ======  =====  =====  =========  ======
+cells                                              median  mean    worst  >0.15  collapsed  behind
+=================================================  ======  ======  =====  =====  =========  ======
+deep MLP and both wine tasks (18): gn-probe/0.7    0.012   −0.102  0.185  1      5          2
+… ``hold``                                         0.009   −0.030  0.335  2      5          2
+… ``last``                                         0.029   0.042   0.368  3      6          2
+41 cells (see below): gn-probe/0.7                 0.010   −0.043  0.185  1      5          2
+… ``hold``                                         0.006   −0.011  0.335  3      6          2
+=================================================  ======  ======  =====  =====  =========  ======
+
+(The 41 cells: all but the digits transformer's six, the GPT's three from a warm checkpoint and
+four of the MNIST-1D CNN's, which the ``hold`` run did not reach before it was stopped.) The
+deep MLP's wide rates are what beat the grid there, and bounding them gives that back (SGD
+from init −1.0 → −0.33 with ``hold``, 0.17 with ``last``; momentum warm −0.10 → −0.21 and 0.37)
+without removing its collapsed runs; elsewhere ``hold`` cost the wine MLP with momentum from a
+warm checkpoint 0.084 → 0.335 and the MNIST-1D CNN with SGD from init −0.124 → 0.163 (with a
+collapse). ``last`` helped the wine residual MLP a little (warm momentum 0.185 → 0.175, warm SGD
+0.141 → 0.110). The lapse stays; ``unanchored`` keeps both rules as options.
+
+What the deep MLP's collapsed runs are, seen step by step: with momentum two learn (training
+loss 2.3 → 1.0 and 1.3 by step 200) and then diverge (non-finite between steps 220 and 240)
+once training has left the plateau the probe measured; rescaling the recommended rates
+afterwards (by 0.5 or 0.25, or capping each at 10× the single-group rate or at 3× or 10× the
+median rate) rescued some seeds and stalled others at chance level (capped at 10× the median
+rate, one still diverged), with no rescaling right for all six momentum runs. Its two SGD
+"collapses" are on seeds where the grid's own best point ends at chance level too, so a run
+that ends just above it counts, including one whose best held-out loss beats every grid point.
+
 gn-probe/0.6 (issue 11, fourth round) changed one thing: when the λ₁ contest is won by its
 largest candidate while the loss still fell steeply there, one more candidate past it is run
 (0.9 after {0.03, 0.1, 0.3}; :func:`calibrate_scale`, ``extend_edge``), and wins if it scores
@@ -240,7 +277,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -260,6 +297,9 @@ from lrprobe.worker.newton.state import preserved, scratch
 from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
 
 FbTimer = Callable[[], AbstractContextManager[None]]
+# What an evaluation does when its single-group η, the anchor of the bounds, is not positive
+# (see TrajectoryOptions.unanchored).
+Unanchored = Literal["relu", "hold", "last"]
 
 # A diverging trajectory is run again with rates 10× smaller, at most this many times in all.
 TRAJECTORY_ATTEMPTS = 3
@@ -302,6 +342,13 @@ class TrajectoryOptions:
     # The bounds for Adam and AdamW instead (gn-probe/0.5; see the module docstring). None: the
     # same bounds for every optimizer.
     adam_bounds: float | None = 3.0
+    # An evaluation whose single-group η is not positive gives the bounds no anchor: "relu"
+    # updates the rates unbounded there (the default: the bounds' lapse is what lets the deep
+    # MLP's layers spread wide and win; enforcing them was tried for gn-probe/0.8 and not
+    # kept, see the module docstring); "hold" leaves the rates as they were; "last" bounds
+    # them around the latest positive single-group η (before any, around the median positive
+    # group η of the evaluation).
+    unanchored: Unanchored = "relu"
     calibrate: tuple[float, ...] = (0.03, 0.1, 0.3)
     calibration_steps: int = 40
     # When the largest candidate wins the contest with a loss drop at least extend_edge times
@@ -352,6 +399,8 @@ class TrajectoryOptions:
             raise ValueError("extend_edge must be at least 1 (or None)")
         if not 0 <= self.extend_min_drop < 1:
             raise ValueError("extend_min_drop must lie in [0, 1)")
+        if self.unanchored not in ("relu", "hold", "last"):
+            raise ValueError("unanchored must be 'relu', 'hold' or 'last'")
         if not 0 <= self.calibration_tolerance < 1:
             raise ValueError("calibration_tolerance must lie in [0, 1)")
         factor = self.momentum_calibration_factor
@@ -744,7 +793,8 @@ def run_trajectory(
     over micro-batches of ``options.micro_batch`` examples and the summaries run at that
     micro-batch and ``options.precision`` (:func:`summaries`); a smaller micro-batch that memory
     forced is kept. ``options.bounds`` = b keeps each η_s within [η₁/b, b·η₁] of the
-    single-group η₁ of the same evaluation (None: the published relu only). ``on_step`` is
+    single-group η₁ of the same evaluation where η₁ > 0 (None: the published relu only;
+    ``options.unanchored`` says what happens where η₁ ≤ 0). ``on_step`` is
     called after each step with the summaries when they were evaluated; ``fb_timer`` wraps each
     forward+backward (the probe's cost unit). A run whose loss stops being finite ends there
     (``diverged``); a non-finite loss at the checkpoint itself raises.
@@ -758,6 +808,7 @@ def run_trajectory(
     evaluated: list[Summaries] = []
     losses: list[float] = []
     diverged = False
+    anchor: float | None = None  # the latest positive single-group η
     with scratch(model) as work:
         params = dict(work.named_parameters())
         optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
@@ -807,12 +858,19 @@ def run_trajectory(
                 solution = solve(s, options.lam_int)
                 eta = solution.eta
                 single = single_eta(s, options.lam_int)
-                bounded = _bounded(eta, single, options.bounds)
-                bounded[list(solution.dropped)] = 0.0  # groups that do not move the loss stay put
-                # The published order (docs/method.md §3.4): relu, then the EMA, first
-                # evaluation unsmoothed.
-                rho = options.smoothing if etas else 0.0
-                smoothed = rho * smoothed + (1 - rho) * bounded
+                if single > 0:
+                    anchor = single
+                elif options.unanchored == "last" and anchor is None:
+                    positive = eta[eta > 0]
+                    anchor = float(positive.median()) if len(positive) else None
+                if single > 0 or not etas or options.unanchored != "hold" or not options.bounds:
+                    around = anchor if options.unanchored == "last" and anchor else single
+                    bounded = _bounded(eta, around, options.bounds)
+                    bounded[list(solution.dropped)] = 0.0  # groups that do not move the loss
+                    # The published order (docs/method.md §3.4): relu, then the EMA, first
+                    # evaluation unsmoothed.
+                    rho = options.smoothing if etas else 0.0
+                    smoothed = rho * smoothed + (1 - rho) * bounded
                 etas.append(eta)
                 history.append(smoothed.clone())
                 singles.append(single)
