@@ -2,7 +2,9 @@
 
 For each task, start (fresh init, or a checkpoint after a short warm-up), optimizer and seed,
 N training steps with: lrprobe's per-layer rates, lrprobe's single-group rate, the best point
-of a 7-point log grid (7 full runs), the LR range test of ``torch-lr-finder`` (≤ 100 steps),
+of a 7-point log grid (7 full runs), that grid's point as chosen on the other seeds
+(``grid-cv``: how much the grid's own choice owes to the seeds it is scored on), the LR range
+test of ``torch-lr-finder`` (≤ 100 steps),
 the optimizer's default, and the learning-rate-free peers a user reaches for instead, each from
 its published package at its documented defaults: Prodigy (``prodigyopt``), schedule-free
 (``schedulefree``), D-Adaptation (``dadaptation``) and DoG (``dog-optimizer``). Reported: final
@@ -32,7 +34,7 @@ from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
 from lrprobe.worker.newton.trajectory import WIDE_SPREAD, rate_span
 
-METHODS = ("lrprobe", "lrprobe-single", "grid", "range-test", "default", *PEERS)
+METHODS = ("lrprobe", "lrprobe-single", "grid", "grid-cv", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "quality.json"
 
@@ -87,6 +89,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cal-80-tie-10": {**_GN_06, "calibration_steps": 80, "calibration_tolerance": 0.1},
     "edge-momentum-0.7": {"extend_momentum": True},  # gn-probe/0.7 with heavy ball's extension
     "margin-off-0.7": {"unsure_momentum": 1.0},  # gn-probe/0.7 without the momentum margin
+    # gn-probe/0.7 with the bounds kept where the single-group η is not positive
+    "hold": {"unanchored": "hold"},
+    "last": {"unanchored": "last"},
 }
 
 
@@ -149,7 +154,9 @@ def _read_partial(path: Path) -> list[tuple[Job, dict[str, Any], float]]:
 
 def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str, Any]]:
     """One row per (task, start, optimizer, method); the grid row is the grid point with the
-    best mean of each metric (an oracle per metric, which favours the grid).
+    best mean of each metric (an oracle per metric, which favours the grid), the ``grid-cv``
+    row the grid point each seed gets when the grid is chosen on the other seeds
+    (:func:`_cross_validated`; with two seeds or more).
 
     ``regret`` (issue 11) is per seed, then averaged: (method's best held-out loss − that of the
     grid's best point) ÷ (the starting held-out loss − that of the grid's best point); 0 ties
@@ -171,24 +178,31 @@ def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str
             grid_best[metric] = (lr, [o["grid"][lr][metric] for o in outs])
         reference = _mean(grid_best["test_best"][1])
         chosen = [o["grid"][grid_best["test_best"][0]] for o in outs]
-        for method in ["grid", *methods]:
+        cross = _cross_validated(outs)
+        grid_cost = (
+            len(GRID[opt]) * steps,
+            _mean([sum(p.get("train_seconds", 0.0) for p in o["grid"].values()) for o in outs]),
+        )
+        for method in ["grid", *(["grid-cv"] if cross else []), *methods]:
             row: dict[str, Any] = {"task": task, "start": start, "optimizer": opt, "method": method}
             if method == "grid":
                 runs = chosen
                 for metric in METRICS:
                     row[metric] = _stats(grid_best[metric][1])
                 row["lr"] = float(grid_best["test_best"][0])
-                row["selection_fb"] = len(GRID[opt]) * steps
-                row["selection_seconds"] = _mean(
-                    [sum(p.get("train_seconds", 0.0) for p in o["grid"].values()) for o in outs]
-                )
+                row["selection_fb"], row["selection_seconds"] = grid_cost
             else:
-                runs = [o[method] for o in outs]
+                runs = cross if method == "grid-cv" else [o[method] for o in outs]
                 for metric in METRICS:
                     row[metric] = _stats([r[metric] for r in runs])
                 row["lr"] = [r["lr"] for r in runs]
-                row["selection_fb"] = _mean([r["selection_fb"] for r in runs])
-                row["selection_seconds"] = _mean([r.get("selection_seconds", 0.0) for r in runs])
+                if method == "grid-cv":  # it ran every grid point, on other seeds
+                    row["selection_fb"], row["selection_seconds"] = grid_cost
+                else:
+                    row["selection_fb"] = _mean([r["selection_fb"] for r in runs])
+                    row["selection_seconds"] = _mean(
+                        [r.get("selection_seconds", 0.0) for r in runs]
+                    )
             row["train_seconds"] = _mean([r.get("train_seconds", 0.0) for r in runs])
             row["diverged"] = sum(bool(r["diverged"]) for r in runs)
             pairs = list(zip(runs, chosen, strict=True))
@@ -202,6 +216,21 @@ def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str
             row["ratio"] = row["test_best"]["mean"] / reference
             rows.append(row)
     return rows
+
+
+def _cross_validated(outs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The grid as a user runs it (``grid-cv``): for each seed, the grid point with the best
+    mean held-out loss over the other seeds, as run on this seed. The grid row's own point is
+    chosen on the very seeds it is scored on, a selection that flatters it most where seeds
+    disagree; this row says how much. Empty with one seed."""
+    if len(outs) < 2:
+        return []
+    runs = []
+    for i, out in enumerate(outs):
+        others = [o for k, o in enumerate(outs) if k != i]
+        pick = min(out["grid"], key=lambda lr: _mean([o["grid"][lr]["test_best"] for o in others]))
+        runs.append(out["grid"][pick])
+    return runs
 
 
 def _regret(run: dict[str, Any], grid: dict[str, Any], metric: str, start: str) -> float:

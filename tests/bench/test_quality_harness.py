@@ -14,6 +14,8 @@ from bench.quality.runner import GRID, PEERS, RANGE_TEST_STEPS, Job, run_job
 from bench.quality.tasks import load
 
 STEPS = 12
+# What run_job records besides the grid (grid-cv is read off the grid's runs).
+RUN_METHODS = [m for m in METHODS if m not in ("grid", "grid-cv")]
 TINY = {"steps": 20, "period": 5}  # a short trajectory keeps the test fast
 
 
@@ -66,7 +68,7 @@ def test_selection_compute_is_seven_runs_for_the_grid_and_100_steps_for_the_rang
 ) -> None:
     data, _ = report
     for row in data["rows"]:
-        if row["method"] == "grid":
+        if row["method"] in ("grid", "grid-cv"):
             assert row["selection_fb"] == len(GRID[row["optimizer"]]) * STEPS == 7 * STEPS
         elif row["method"] == "range-test":
             assert 0 < row["selection_fb"] <= RANGE_TEST_STEPS
@@ -116,13 +118,22 @@ def test_each_rows_statistics_are_the_mean_and_std_of_its_runs(report) -> None:
             }
             assert float(min(test_best, key=test_best.__getitem__)) == row["lr"]
             continue
-        records = [m[row["method"]] for m in methods]
+        if row["method"] == "grid-cv":
+            # each seed's run at the point that is best on the held-out loss of the other seed
+            records = [
+                m["grid"][min(o["grid"], key=lambda p: o["grid"][p]["test_best"])]
+                for m, o in zip(methods, methods[::-1], strict=True)
+            ]
+        else:
+            records = [m[row["method"]] for m in methods]
         for metric in METRICS:
             expected = _mean_and_std([r[metric] for r in records])
             assert row[metric] == pytest.approx(expected, rel=1e-12), (row, metric)
         assert row["lr"] == [r["lr"] for r in records]
         assert row["diverged"] == sum(bool(r["diverged"]) for r in records)
-        assert row["selection_fb"] == pytest.approx(np.mean([r["selection_fb"] for r in records]))
+        if row["method"] != "grid-cv":
+            selection = np.mean([r["selection_fb"] for r in records])
+            assert row["selection_fb"] == pytest.approx(selection)
         assert row["regret"] == pytest.approx(np.mean(row["regret_seeds"]))
 
 
@@ -132,7 +143,7 @@ def _fake(test_best: float, train: float = 1.0) -> dict:
 
 
 def test_grid_row_is_the_best_grid_point_and_ratio_and_regret_are_relative_to_it() -> None:
-    fake = {m: _fake(2.0) for m in METHODS if m != "grid"}
+    fake = {m: _fake(2.0) for m in RUN_METHODS}
     fake["lrprobe-single"] = _fake(1.001 + 0.5 * (3.0 - 1.001))
     fake["default"] = _fake(2.0, train=3.5)  # training loss nearer its start than the grid's
     fake["grid"] = {f"{lr:.3g}": {**_fake(1 + lr), "train": lr} for lr in GRID["sgd"]}
@@ -148,10 +159,34 @@ def test_grid_row_is_the_best_grid_point_and_ratio_and_regret_are_relative_to_it
 
 
 def test_regret_is_floored_where_the_grid_barely_moves() -> None:
-    fake = {m: _fake(0.5) for m in METHODS if m != "grid"}
+    fake = {m: _fake(0.5) for m in RUN_METHODS}
     fake["grid"] = {f"{lr:.3g}": _fake(2.99) for lr in GRID["sgd"]}
     rows = aggregate([(_job(), fake, 0.0)])
     assert next(r for r in rows if r["method"] == "lrprobe")["regret"] == -1.0
+
+
+def test_grid_cv_takes_for_each_seed_the_point_best_on_the_other_seeds() -> None:
+    """Seed 0's own best point is 0.01, the others' is 0.1: every seed gets 0.1, which on seed
+    0 is the usual reference (the point best on the mean of all seeds) too."""
+
+    def grid(best_01: float, best_001: float) -> dict:
+        points = {f"{lr:.3g}": {**_fake(2.5), "lr": lr} for lr in GRID["sgd"]}
+        points["0.1"] = {**_fake(best_01), "lr": 0.1}
+        points["0.01"] = {**_fake(best_001), "lr": 0.01}
+        return points
+
+    def cv_row(grids: list[dict]) -> dict:
+        outs = [(_job(seed=seed), {**{m: _fake(2.0) for m in RUN_METHODS}, "grid": g}, 0.0)
+                for seed, g in enumerate(grids)]  # fmt: skip
+        return next(r for r in aggregate(outs) if r["method"] == "grid-cv")
+
+    row = cv_row([grid(1.5, 1.0), grid(1.0, 2.0), grid(1.0, 2.0)])
+    assert row["lr"] == [0.1, 0.1, 0.1] and row["regret_seeds"] == pytest.approx([0, 0, 0])
+    # Seed 1 is now chosen on seeds 0 and 2, where 0.01 is better on average (1.5 against
+    # 1.95); the reference stays 0.1 (1.63 against 1.67), so seed 1 misses (2 − 1) / (3 − 1).
+    row = cv_row([grid(1.5, 1.0), grid(1.0, 2.0), grid(2.4, 2.0)])
+    assert row["lr"] == [0.1, 0.01, 0.1]
+    assert row["regret_seeds"][1] == pytest.approx((2.0 - 1.0) / (3.0 - 1.0))
 
 
 def test_a_job_is_deterministic_for_its_seed() -> None:
