@@ -42,12 +42,14 @@ optimizer so that one rule reads the contest (on seeds 3–4, SGD and AdamW, 32 
 ball too, on top of both (momentum, seeds 0–2): worst 0.185 → 0.155 but the MNIST-1D CNN from
 init −0.064 → 0.045 and mean and median unchanged; not kept. Nor is the momentum margin made
 redundant by the longer contest: without it (momentum, seeds 0–2) median 0.010 → 0.023, worst
-0.185 → 0.375, collapsed runs 3 → 5. The cost is 120 more passes with momentum (mean 256 → 376
-FB there; the GPT's momentum cells 482, up to 580 where its trajectory was run again). All
-figures of this round are from an AVX-512 Xeon; the README's quality section has the full table
-under gn-probe/0.7 (all 54 cells against gn-probe/0.6: median 0.001 → 0.001, mean −0.011 →
-−0.035, worst 0.508 → 0.185, cells above 0.15 4 → 1, collapsed runs 7 → 5, mean selection FB 263
-→ 303).
+0.185 → 0.375, collapsed runs 3 → 5; nor is it needed only on a plateau (kept only where the
+contest's best run lowered the loss by less than 10 % of its start, read off the same runs: 23
+of its 26 runs lose it, worst 0.185 → 0.375, collapsed 3 → 4, the GPT's cells better). The cost
+is 120 more passes with momentum (mean 256 → 376 FB there; the GPT's momentum cells 482, up to
+580 where its trajectory was run again). All figures of this round are from an AVX-512 Xeon; the
+README's quality section has the full table under gn-probe/0.7 (all 54 cells against
+gn-probe/0.6: median 0.001 → 0.001, mean −0.011 → −0.035, worst 0.508 → 0.185, cells above 0.15
+4 → 1, collapsed runs 7 → 5, mean selection FB 263 → 303).
 
 Tried on top of gn-probe/0.7 and not kept (issue 11, sixth round): keeping the bounds where
 the single-group η is not positive. The bounds [η₁/b, b·η₁] need η₁ > 0; at an evaluation where
