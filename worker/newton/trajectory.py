@@ -72,21 +72,23 @@ deep MLP and both wine tasks (18): gn-probe/0.7    0.012   −0.102  0.185  1   
 
 (The 41 cells: all but the digits transformer's six, the GPT's three from a warm checkpoint and
 four of the MNIST-1D CNN's, which the ``hold`` run did not reach before it was stopped.) The
-deep MLP's wide rates are what beat the grid there, and bounding them gives that back (SGD
-from init −1.0 → −0.33 with ``hold``, 0.17 with ``last``; momentum warm −0.10 → −0.21 and 0.37)
-without removing its collapsed runs; elsewhere ``hold`` cost the wine MLP with momentum from a
-warm checkpoint 0.084 → 0.335 and the MNIST-1D CNN with SGD from init −0.124 → 0.163 (with a
-collapse). ``last`` helped the wine residual MLP a little (warm momentum 0.185 → 0.175, warm SGD
-0.141 → 0.110). The lapse stays; ``unanchored`` keeps both rules as options.
+deep MLP's wide rates are what beat the grid there, and bounding them gives that back (SGD from
+init −1.0 → −0.33 with ``hold``, 0.17 with ``last``; with momentum from a warm checkpoint
+``hold`` helped, −0.10 → −0.21, and ``last`` did not, 0.37) without removing its collapsed runs;
+elsewhere ``hold`` cost the wine MLP with momentum from a warm checkpoint 0.084 → 0.335 and the
+MNIST-1D CNN with SGD from init −0.124 → 0.163 (with a collapse). ``last`` helped the wine
+residual MLP a little (warm momentum 0.185 → 0.175, warm SGD 0.141 → 0.110). The lapse stays;
+``unanchored`` keeps both rules as options.
 
 What the deep MLP's collapsed runs are, seen step by step: with momentum two learn (training
 loss 2.3 → 1.0 and 1.3 by step 200) and then diverge (non-finite between steps 220 and 240)
 once training has left the plateau the probe measured; rescaling the recommended rates
 afterwards (by 0.5 or 0.25, or capping each at 10× the single-group rate or at 3× or 10× the
 median rate) rescued some seeds and stalled others at chance level (capped at 10× the median
-rate, one still diverged), with no rescaling right for all six momentum runs. Its two SGD
-"collapses" are on seeds where the grid's own best point ends at chance level too, so a run
-that ends just above it counts, including one whose best held-out loss beats every grid point.
+rate, one still diverged), with no rescaling right for all six momentum runs. Of its two SGD
+"collapses", one died late (warm, seed 2: a jump to 3.3 near step 240, then chance level); the
+other (from init, seed 0) ends just above the grid's own best point, which ends at chance level
+on that seed too, after reaching a held-out loss better than every grid point's.
 
 gn-probe/0.6 (issue 11, fourth round) changed one thing: when the λ₁ contest is won by its
 largest candidate while the loss still fell steeply there, one more candidate past it is run
@@ -137,7 +139,8 @@ deep MLP with momentum from a warm checkpoint, where the contest's runs sit on a
 the 9 collapsed runs.
 
 gn-probe/0.5 (issue 11, third round) changed one thing: with Adam or AdamW the per-group rates
-stay within 3× of the single-group rate (:data:`ADAM_CLASS`, ``adam_bounds``) instead of 10×.
+stay within 3× of the single-group rate (:data:`ADAM_CLASS`, ``adam_bounds``) instead of 10×
+(where the single-group η is positive; see ``unanchored``).
 Adam's step is already normalised per coordinate by its second-moment estimate, so curvature
 along it says less about how far one layer's rate should stray from the others', and the
 AdamW cells where the per-layer rates lost to the single-group rate were those with the widest
@@ -346,10 +349,11 @@ class TrajectoryOptions:
     adam_bounds: float | None = 3.0
     # An evaluation whose single-group η is not positive gives the bounds no anchor: "relu"
     # updates the rates unbounded there (the default: the bounds' lapse is what lets the deep
-    # MLP's layers spread wide and win; enforcing them was tried for gn-probe/0.8 and not
-    # kept, see the module docstring); "hold" leaves the rates as they were; "last" bounds
-    # them around the latest positive single-group η (before any, around the median positive
-    # group η of the evaluation).
+    # MLP's layers spread wide and win; enforcing them was tried after gn-probe/0.7 and not
+    # kept, see the module docstring); "hold" leaves the rates as they were (dropped groups
+    # included; the first evaluation still sets them); "last" bounds them around the latest
+    # positive single-group η (before any, around the median positive group η of the first
+    # such evaluation). Without bounds all three are relu alone.
     unanchored: Unanchored = "relu"
     calibrate: tuple[float, ...] = (0.03, 0.1, 0.3)
     calibration_steps: int = 40
@@ -810,7 +814,8 @@ def run_trajectory(
     evaluated: list[Summaries] = []
     losses: list[float] = []
     diverged = False
-    anchor: float | None = None  # the latest positive single-group η
+    # The latest positive single-group η (with "last", before any: see TrajectoryOptions).
+    anchor: float | None = None
     with scratch(model) as work:
         params = dict(work.named_parameters())
         optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
@@ -865,7 +870,13 @@ def run_trajectory(
                 elif options.unanchored == "last" and anchor is None:
                     positive = eta[eta > 0]
                     anchor = float(positive.median()) if len(positive) else None
-                if single > 0 or not etas or options.unanchored != "hold" or not options.bounds:
+                held = (
+                    options.unanchored == "hold"
+                    and options.bounds is not None
+                    and bool(etas)  # the first evaluation sets the rates
+                    and not single > 0
+                )
+                if not held:
                     around = anchor if options.unanchored == "last" and anchor else single
                     bounded = _bounded(eta, around, options.bounds)
                     bounded[list(solution.dropped)] = 0.0  # groups that do not move the loss
@@ -939,7 +950,8 @@ def _finite(s: Summaries) -> bool:
 def _bounded(eta: Tensor, single: float, bounds: float | None) -> Tensor:
     """relu (docs/method.md §3.4), then, with ``bounds``, the single-group η as a floor/ceiling: a
     group that coupling drives negative still learns, and a group with tiny curvature along ``u``
-    (LayerNorm gains, embeddings) cannot take a step the whole model would not survive."""
+    (LayerNorm gains, embeddings) cannot take a step the whole model would not survive. Without
+    a positive ``single`` there is no anchor: relu alone (see ``TrajectoryOptions.unanchored``)."""
     eta = eta.clamp(min=0)
     if bounds is None or not single > 0:
         return eta
