@@ -210,9 +210,10 @@ def aggregate(results: list[tuple[Job, dict[str, Any], float]]) -> list[dict[str
             training = [_regret(r, g, "train", "train_start") for r, g in pairs]
             row["regret"] = _mean(regrets)
             row["regret_seeds"] = regrets
-            row["collapsed"] = sum(
+            row["collapsed_seeds"] = [
                 bool(r["diverged"]) or t > 0.5 for r, t in zip(runs, training, strict=True)
-            )
+            ]
+            row["collapsed"] = sum(row["collapsed_seeds"])
             row["ratio"] = row["test_best"]["mean"] / reference
             rows.append(row)
     return rows
@@ -313,18 +314,14 @@ def per_optimizer(rows: list[dict[str, Any]]) -> str:
 
 def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict[str, Any]]) -> str:
     """Does a flag predict a worse outcome? For each flag, lrprobe's mean and median regret over
-    the runs whose result raised it (on any group) against the runs that did not, and the share
-    of each above 0.05 regret; the same for the two notes on the spread of the rates (read off
-    the recommended rates: the spread note, and with momentum the margin that halves λ₁) and for
-    "any note"."""
-    regret = {
-        (r["task"], r["start"], r["optimizer"]): r["regret_seeds"]
-        for r in rows
-        if r["method"] == "lrprobe"
-    }
-    runs: list[tuple[set[str], float]] = []
+    the runs whose result raised it (on any group) against the runs that did not, the share of
+    each above 0.05 regret, and their collapsed runs; the same for the notes on the spread of
+    the rates (read off the recommended rates: the spread note, and with momentum the margin
+    that halves λ₁), the plateau note (read off its text) and "any note"."""
+    by_cell = {(r["task"], r["start"], r["optimizer"]): r for r in rows if r["method"] == "lrprobe"}
+    runs: list[tuple[set[str], float, bool]] = []
     for job, out, _ in results:
-        cell = regret.get((job.task, job.start, job.optimizer))
+        cell = by_cell.get((job.task, job.start, job.optimizer))
         seeds = sorted(j.seed for j, _, _ in results if (j.task, j.start, j.optimizer) ==
                        (job.task, job.start, job.optimizer))  # fmt: skip
         if cell is None or "flags" not in out["lrprobe"]:
@@ -335,15 +332,21 @@ def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict
             flags.add(f"note: rates span > {WIDE_SPREAD:.0f}×")
             if job.optimizer == "momentum":
                 flags.add("note: momentum margin applied")
-        runs.append((flags, cell[seeds.index(job.seed)]))
+        if any("(a plateau)" in n for n in out["lrprobe"].get("note_texts", [])):
+            flags.add("note: plateau")
+        i = seeds.index(job.seed)
+        runs.append((flags, cell["regret_seeds"][i], cell["collapsed_seeds"][i]))
     lines = ["| flag | runs flagged | mean / median regret, flagged | mean / median regret, not "
-             "flagged | share above 0.05, flagged / not |", "|---|---|---|---|---|"]  # fmt: skip
-    for flag in sorted({f for flags, _ in runs for f in flags}):
-        yes = [r for flags, r in runs if flag in flags]
-        no = [r for flags, r in runs if flag not in flags]
+             "flagged | share above 0.05, flagged / not | collapsed, flagged / not |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for flag in sorted({f for flags, _, _ in runs for f in flags}):
+        yes = [(r, c) for flags, r, c in runs if flag in flags]
+        no = [(r, c) for flags, r, c in runs if flag not in flags]
         lines.append(
-            f"| {flag} | {len(yes)}/{len(runs)} | {_pair(yes)} | {_pair(no)} "
-            f"| {_share(yes, 0.05)} / {_share(no, 0.05)} |"
+            f"| {flag} | {len(yes)}/{len(runs)} | {_pair([r for r, _ in yes])} "
+            f"| {_pair([r for r, _ in no])} "
+            f"| {_share([r for r, _ in yes], 0.05)} / {_share([r for r, _ in no], 0.05)} "
+            f"| {sum(c for _, c in yes)}/{len(yes)} / {sum(c for _, c in no)}/{len(no)} |"
         )
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.quality.__main__ import METHODS, METRICS, aggregate, main, table
+from bench.quality.__main__ import METHODS, METRICS, aggregate, flag_table, main, table
 from bench.quality.runner import GRID, PEERS, RANGE_TEST_STEPS, Job, run_job
 from bench.quality.tasks import load
 
@@ -189,6 +189,24 @@ def test_grid_cv_takes_for_each_seed_the_point_best_on_the_other_seeds() -> None
     row = cv_row([grid(1.5, 1.0), grid(1.0, 2.0), grid(2.4, 2.0)])
     assert row["lr"] == [0.1, 0.01, 0.1]
     assert row["regret_seeds"] == pytest.approx([0.0, (2.0 - 1.0) / (3.0 - 1.0), 0.0])
+
+
+def test_flag_table_sets_flagged_runs_against_the_others_with_their_collapses() -> None:
+    """Seed 0 raised the plateau note and collapsed (its training loss stayed at its start);
+    seed 1 raised nothing and learned."""
+    outs = []
+    for seed, (train, notes) in enumerate([(4.0, ["… (a plateau): …"]), (1.0, [])]):
+        out = {m: _fake(2.0) for m in RUN_METHODS}
+        out["lrprobe"] = {**_fake(2.0 + seed * 0.5, train=train), "flags": [],
+                          "notes": len(notes), "note_texts": notes, "groups": []}  # fmt: skip
+        out["grid"] = {f"{lr:.3g}": {**_fake(1.0), "train": 1.0} for lr in GRID["sgd"]}
+        outs.append((_job(seed=seed), out, 0.0))
+    rendered = flag_table(outs, aggregate(outs))
+    # regret: (2 − 1) / (3 − 1) = 0.5 for seed 0, (2.5 − 1) / 2 = 0.75 for seed 1
+    assert "| note: plateau | 1/2 | 0.500 / 0.500 | 0.750 / 0.750 | 100% / 100% | 1/1 / 0/1 |" in (
+        rendered
+    )
+    assert "| any note | 1/2 |" in rendered
 
 
 def test_a_job_is_deterministic_for_its_seed() -> None:
