@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from lrprobe.client import Client, LrprobeError, Recommendation, WaitTimeout
+from lrprobe.client import Client, Job, LrprobeError, Recommendation, WaitTimeout
 from lrprobe.worker.newton import LossFn, ProbeResult, from_torch, probe
 from lrprobe.worker.newton.directions import OPTIONS
 
@@ -65,7 +66,7 @@ class ServiceProbe:
     submitted for ``data`` and ``loss`` with the live optimizer's hyperparameters, group by
     group. ``run`` labels the jobs of one training run (the dashboard plots the run's rates
     over its steps; ``client.list_jobs(run=...)`` lists them). ``timeout_s`` bounds the wait;
-    a job past it is cancelled.
+    a job past it is cancelled, and so is the job running when training ends (:meth:`cancel`).
     """
 
     background = True
@@ -93,10 +94,14 @@ class ServiceProbe:
         self.run = run
         self.timeout_s = timeout_s
         self.job_ids: list[str] = []
+        self._running: Job | None = None  # the job a background probe is waiting for
+        # Set by cancel(), cleared by snapshot(): the start of every probe (see cancel).
+        self._cancelled = threading.Event()
 
     def snapshot(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        self._cancelled.clear()
         weights = {
             k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
         }
@@ -119,6 +124,9 @@ class ServiceProbe:
             run_step=step,
         )  # fmt: skip
         self.job_ids.append(job.id)
+        self._running = job
+        if self._cancelled.is_set():  # cancel() came before the job existed
+            self.cancel()
         try:
             job.wait(timeout=self.timeout_s, progress=False)
         except WaitTimeout:
@@ -126,7 +134,19 @@ class ServiceProbe:
             with contextlib.suppress(LrprobeError):
                 job.cancel()
             raise
+        finally:
+            self._running = None
         return job.recommendation()
+
+    def cancel(self) -> None:
+        """Cancel the probe under way (training ended: its answer would not be applied): its
+        job on the service, now or as soon as it is submitted; the waiting probe then ends
+        with the job. The next probe (its :meth:`snapshot`) starts afresh."""
+        self._cancelled.set()
+        job = self._running
+        if job is not None:
+            with contextlib.suppress(LrprobeError):
+                job.cancel()
 
 
 def job_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:

@@ -84,7 +84,10 @@ class Reprobe:
     step boundary (:meth:`step`) with :meth:`~lrprobe.worker.newton.ProbeResult.apply`: groups
     keep their other hyperparameters and ``schedulers`` go on multiplying the new base rates.
     A probe that fails or runs past the prober's timeout is logged (the ``lrprobe.integrations``
-    logger and :attr:`history`.failures) and the current rates stay. ``log(metrics, step)`` receives
+    logger and :attr:`history`.failures) and the current rates stay. When training ends
+    (:meth:`close`, or leaving the ``with`` block) a background probe still running is cancelled
+    (a prober with a ``cancel()`` method, like ``ServiceProbe``, frees its service worker): its
+    answer could no longer be applied. ``log(metrics, step)`` receives
     ``{"lrprobe/lr/<group>": rate}`` at each application.
     """
 
@@ -116,6 +119,7 @@ class Reprobe:
         self._pending: tuple[Result, int] | None = None
         self._thread: threading.Thread | None = None
         self._launched: int | None = None
+        self._closed = False
 
     def __enter__(self) -> Reprobe:
         self.start()
@@ -151,7 +155,7 @@ class Reprobe:
         self._launched = step
         if not self.prober.background:
             self._probe_inline(step)
-        elif self._thread is None or not self._thread.is_alive():
+        elif not self._closed and (self._thread is None or not self._thread.is_alive()):
             snapshot = self._guard(step, lambda: self.prober.snapshot(self.model, self.optimizer))
             if snapshot is not None:
                 self._thread = threading.Thread(
@@ -162,14 +166,25 @@ class Reprobe:
         else:
             logger.info("a probe is still running: no new probe at step %d", step)
 
+    @property
+    def probing(self) -> bool:
+        """Whether a background probe is running (also a cancelled one, until it stops)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self, timeout: float | None = None) -> None:
-        """Wait for a running background probe (its result is applied at the next boundary)."""
+        """Wait for a running background probe (its result is applied at the next boundary;
+        after :meth:`close`, until the cancelled probe has stopped)."""
         if self._thread is not None:
             self._thread.join(timeout)
 
     def close(self) -> None:
-        """Stop waiting for a background probe (it finishes on its own; nothing is applied)."""
-        self._thread = None
+        """Training is over: no new probe starts, nothing more is applied, and a background
+        probe still running is cancelled if its prober can (``prober.cancel()``); its thread
+        ends on its own (:meth:`wait` waits for it)."""
+        self._closed = True
+        cancel = getattr(self.prober, "cancel", None)
+        if self.probing and callable(cancel):
+            self._guard(self.steps, cancel)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -182,8 +197,14 @@ class Reprobe:
             self._apply(result, step, step)
 
     def _background(self, snapshot: Any, step: int) -> None:
-        result = self._guard(step, lambda: self.prober(snapshot, step))
-        if result is not None:
+        try:
+            result = self.prober(snapshot, step)
+        except Exception as exc:  # a failed probe must never stop training
+            if not self._closed:  # after close, a cancelled probe is no failure
+                logger.debug("the probe at step %d failed", step, exc_info=True)
+                self._fail(step, f"{type(exc).__name__}: {exc}")
+            return
+        if not self._closed:
             with self._lock:
                 self._pending = (result, step)
 

@@ -110,6 +110,11 @@ def test_reprobing_through_the_embedded_service_applies_a_second_recommendation_
     callback = StopAfterSecondRecommendation(prober, module="net", every=5)
     trainer = _trainer([callback], max_steps=20_000, logger=Collected())
     trainer.fit(module, _loader())
+    # A probe launched at the boundary that applied the second recommendation is cancelled
+    # when training ends; wait for it, or the embedded service would shut down under it.
+    assert callback.reprobe is not None
+    callback.reprobe.wait(120)
+    assert not callback.reprobe.probing
     assert callback.history.failures == []
     first, second = callback.history.events
     assert (first.step, second.probed_at) == (0, 5)

@@ -80,6 +80,29 @@ def test_the_service_reprobes_in_the_background_and_the_rates_change_mid_run(
     assert [j.id for j in service.list_jobs(run="plain-loop")] == prober.job_ids[::-1]
 
 
+def test_a_probe_still_running_when_training_ends_is_cancelled_and_nothing_applied(
+    service: Client,  # noqa: F811
+) -> None:
+    """Training ends one step after a probe was launched: the probe's job is cancelled on the
+    service (its worker freed), nothing is applied and no failure is reported."""
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    prober = ServiceProbe(service, data=DATA, arch="mlp", arch_config=ARCH_CONFIG,
+                          budget={"batches": 40, "batch_size": 64})  # fmt: skip
+    data = endless()
+    with Reprobe(prober, model, optimizer, milestones=[1], probe_first=False) as rp:
+        optimizer.zero_grad()
+        loss_fn(model, next(data)).backward()
+        optimizer.step()
+        rp.step()  # launches the probe of step 1 in the background
+        assert rp.probing
+    rp.wait(120)
+    assert not rp.probing
+    assert rp.history.events == [] and rp.history.failures == []
+    assert all(g["lr"] == 0.05 for g in optimizer.param_groups)
+    assert [_final_status(service, job_id) for job_id in prober.job_ids] == ["cancelled"]
+
+
 def test_a_service_that_is_down_never_stops_training(caplog: pytest.LogCaptureFixture) -> None:
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
