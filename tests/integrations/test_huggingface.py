@@ -109,6 +109,11 @@ def test_reprobing_through_the_embedded_service_changes_the_trainers_rates_mid_r
                           budget={"batches": 8, "batch_size": 64}, run="hf")  # fmt: skip
     callback = StopAfterSecondRecommendation(prober, module="net", every=5).attach(trainer)
     trainer.train()
+    # As with Lightning: a probe launched at the last boundary is cancelled; let it stop
+    # before the embedded service does.
+    assert callback.reprobe is not None
+    callback.reprobe.wait(120)
+    assert not callback.reprobe.probing
     assert callback.history.failures == []
     first, second = callback.history.events
     assert (first.step, second.probed_at) == (0, 5)
