@@ -22,7 +22,11 @@ Result = ProbeResult | Recommendation
 
 
 class Prober(Protocol):
-    """Turns a snapshot of the model and the live optimizer into a recommendation."""
+    """Turns a snapshot of the model and the live optimizer into a recommendation.
+
+    A background prober may also define ``cancel()``: :class:`~lrprobe.integrations.Reprobe`
+    calls it when training ends with a probe still running (``ServiceProbe`` cancels its job
+    on the service)."""
 
     background: bool  # True: run in a thread while training goes on
 
@@ -94,25 +98,36 @@ class ServiceProbe:
         self.run = run
         self.timeout_s = timeout_s
         self.job_ids: list[str] = []
-        self._running: Job | None = None  # the job a background probe is waiting for
-        # Set by cancel(), cleared by snapshot(): the start of every probe (see cancel).
-        self._cancelled = threading.Event()
+        # The probes under way, each with its own ticket (see cancel).
+        self._tickets: set[_Ticket] = set()
+        self._lock = threading.Lock()
 
     def snapshot(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        self._cancelled.clear()
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], _Ticket]:
         weights = {
             k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
         }
-        return weights, job_optimizer(optimizer, model)
+        ticket = _Ticket()
+        with self._lock:
+            self._tickets.add(ticket)
+        return weights, job_optimizer(optimizer, model), ticket
 
     def __call__(
-        self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]], step: int
+        self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any], _Ticket], step: int
+    ) -> Result:
+        weights, spec, ticket = snapshot
+        try:
+            return self._probe(weights, spec, ticket, step)
+        finally:
+            with self._lock:
+                self._tickets.discard(ticket)
+
+    def _probe(
+        self, weights: dict[str, torch.Tensor], spec: dict[str, Any], ticket: _Ticket, step: int
     ) -> Result:
         from safetensors.torch import save_file
 
-        weights, spec = snapshot
         with tempfile.TemporaryDirectory(prefix="lrprobe-") as folder:
             path = Path(folder) / f"step-{step}.safetensors"
             save_file(weights, str(path))
@@ -124,9 +139,9 @@ class ServiceProbe:
             run_step=step,
         )  # fmt: skip
         self.job_ids.append(job.id)
-        self._running = job
-        if self._cancelled.is_set():  # cancel() came before the job existed
-            self.cancel()
+        ticket.job = job
+        if ticket.cancelled.is_set():  # cancel() came before the job existed
+            ticket.cancel()
         try:
             job.wait(timeout=self.timeout_s, progress=False)
         except WaitTimeout:
@@ -134,16 +149,29 @@ class ServiceProbe:
             with contextlib.suppress(LrprobeError):
                 job.cancel()
             raise
-        finally:
-            self._running = None
         return job.recommendation()
 
     def cancel(self) -> None:
-        """Cancel the probe under way (training ended: its answer would not be applied): its
-        job on the service, now or as soon as it is submitted; the waiting probe then ends
-        with the job. The next probe (its :meth:`snapshot`) starts afresh."""
-        self._cancelled.set()
-        job = self._running
+        """Cancel every probe under way (training ended: their answers would not be applied):
+        each one's job on the service, now or as soon as it is submitted; a waiting probe then
+        ends with its job. Probes snapshotted afterwards are not affected."""
+        with self._lock:
+            tickets = list(self._tickets)
+        for ticket in tickets:
+            ticket.cancelled.set()
+            ticket.cancel()
+
+
+class _Ticket:
+    """One probe of a :class:`ServiceProbe`: whether it was cancelled, and its job once
+    submitted (set by the probe's thread, read by the one that cancels)."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.job: Job | None = None
+
+    def cancel(self) -> None:
+        job = self.job
         if job is not None:
             with contextlib.suppress(LrprobeError):
                 job.cancel()

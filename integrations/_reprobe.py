@@ -131,6 +131,8 @@ class Reprobe:
     def start(self, step: int = 0) -> None:
         """Probe the starting weights inline and apply the rates (with ``probe_first``)."""
         self.steps = step
+        with self._lock:
+            self._closed, self._pending = False, None
         if self.probe_first:
             self._launched = step
             self._probe_inline(step)
@@ -155,7 +157,9 @@ class Reprobe:
         self._launched = step
         if not self.prober.background:
             self._probe_inline(step)
-        elif not self._closed and (self._thread is None or not self._thread.is_alive()):
+        elif self._closed:
+            logger.info("training has ended: no new probe at step %d", step)
+        elif not self.probing:
             snapshot = self._guard(step, lambda: self.prober.snapshot(self.model, self.optimizer))
             if snapshot is not None:
                 self._thread = threading.Thread(
@@ -173,18 +177,23 @@ class Reprobe:
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for a running background probe (its result is applied at the next boundary;
-        after :meth:`close`, until the cancelled probe has stopped)."""
+        after :meth:`close`, until it has stopped: soon when its prober could cancel it, else
+        when it ends on its own)."""
         if self._thread is not None:
             self._thread.join(timeout)
 
     def close(self) -> None:
-        """Training is over: no new probe starts, nothing more is applied, and a background
-        probe still running is cancelled if its prober can (``prober.cancel()``); its thread
-        ends on its own (:meth:`wait` waits for it)."""
-        self._closed = True
+        """Training is over: no background probe starts any more, nothing more arrives to be
+        applied, and a background probe still running is cancelled if its prober can
+        (``prober.cancel()``); its thread ends on its own (:meth:`wait` waits for it)."""
+        with self._lock:
+            self._closed, self._pending = True, None
         cancel = getattr(self.prober, "cancel", None)
         if self.probing and callable(cancel):
-            self._guard(self.steps, cancel)
+            try:
+                cancel()
+            except Exception:  # e.g. a client already closed: training is over regardless
+                logger.debug("cancelling the probe under way failed", exc_info=True)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -204,8 +213,8 @@ class Reprobe:
                 logger.debug("the probe at step %d failed", step, exc_info=True)
                 self._fail(step, f"{type(exc).__name__}: {exc}")
             return
-        if not self._closed:
-            with self._lock:
+        with self._lock:
+            if not self._closed:
                 self._pending = (result, step)
 
     def _guard(self, step: int, call: Callable[[], Any]) -> Any:

@@ -33,3 +33,8 @@ class LrprobeCallback(ReprobingCallback, Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.end_reprobe()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self.end_reprobe()  # training stopped all the same: cancel a probe still running

@@ -4,6 +4,7 @@ embedded service while training goes on; a service that is down never stops trai
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -80,8 +81,10 @@ def test_the_service_reprobes_in_the_background_and_the_rates_change_mid_run(
     assert [j.id for j in service.list_jobs(run="plain-loop")] == prober.job_ids[::-1]
 
 
+@pytest.mark.parametrize("when", ["before its job is submitted", "while it waits for its job"])
 def test_a_probe_still_running_when_training_ends_is_cancelled_and_nothing_applied(
     service: Client,  # noqa: F811
+    when: str,
 ) -> None:
     """Training ends one step after a probe was launched: the probe's job is cancelled on the
     service (its worker freed), nothing is applied and no failure is reported."""
@@ -96,11 +99,45 @@ def test_a_probe_still_running_when_training_ends_is_cancelled_and_nothing_appli
         optimizer.step()
         rp.step()  # launches the probe of step 1 in the background
         assert rp.probing
+        if when == "while it waits for its job":
+            deadline = time.monotonic() + 60
+            while not prober.job_ids and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert prober.job_ids
     rp.wait(120)
     assert not rp.probing
     assert rp.history.events == [] and rp.history.failures == []
     assert all(g["lr"] == 0.05 for g in optimizer.param_groups)
     assert [_final_status(service, job_id) for job_id in prober.job_ids] == ["cancelled"]
+
+
+class _SlowProber:
+    """A background prober without ``cancel()`` (the Protocol makes it optional)."""
+
+    background = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def snapshot(self, model, optimizer):  # type: ignore[no-untyped-def]
+        return "weights"
+
+    def __call__(self, snapshot, step):  # type: ignore[no-untyped-def]
+        self.release.wait(30)
+        raise AssertionError("a late answer must not be applied nor reported")
+
+
+def test_a_prober_that_cannot_cancel_is_left_to_finish_and_its_answer_dropped() -> None:
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    prober = _SlowProber()
+    with Reprobe(prober, model, optimizer, milestones=[1], probe_first=False) as rp:
+        rp.step()
+        assert rp.probing
+    rp.step()  # a boundary after the end starts nothing
+    prober.release.set()
+    rp.wait(30)
+    assert not rp.probing and rp.history.failures == [] and rp.history.events == []
 
 
 def test_a_service_that_is_down_never_stops_training(caplog: pytest.LogCaptureFixture) -> None:
