@@ -146,8 +146,7 @@ class ServiceProbe:
             job.wait(timeout=self.timeout_s, progress=False)
         except WaitTimeout:
             # Its answer would come too late to matter: free the worker for the next probe.
-            with contextlib.suppress(LrprobeError):
-                job.cancel()
+            ticket.cancel()
             raise
         return job.recommendation()
 

@@ -210,8 +210,7 @@ class Reprobe:
             result = self.prober(snapshot, step)
         except Exception as exc:  # a failed probe must never stop training
             if not self._closed:  # after close, a cancelled probe is no failure
-                logger.debug("the probe at step %d failed", step, exc_info=True)
-                self._fail(step, f"{type(exc).__name__}: {exc}")
+                self._failed(step, exc)
             return
         with self._lock:
             if not self._closed:
@@ -221,9 +220,12 @@ class Reprobe:
         try:
             return call()
         except Exception as exc:  # a failed probe must never stop training
-            logger.debug("the probe at step %d failed", step, exc_info=True)
-            self._fail(step, f"{type(exc).__name__}: {exc}")
+            self._failed(step, exc)
             return None
+
+    def _failed(self, step: int, exc: Exception) -> None:
+        logger.debug("the probe at step %d failed", step, exc_info=exc)
+        self._fail(step, f"{type(exc).__name__}: {exc}")
 
     def _fail(self, step: int, why: str) -> None:
         self.history.failures.append((step, why))

@@ -26,13 +26,13 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
-from lrprobe.worker.newton.trajectory import WIDE_SPREAD, rate_span
+from lrprobe.worker.newton.trajectory import PLATEAU_MARK, WIDE_SPREAD, rate_span
 
 METHODS = ("lrprobe", "lrprobe-single", "grid", "grid-cv", "range-test", "default", *PEERS)
 METRICS = ("train", "test_final", "test_best")
@@ -332,7 +332,7 @@ def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict
             flags.add(f"note: rates span > {WIDE_SPREAD:.0f}×")
             if job.optimizer == "momentum":
                 flags.add("note: momentum margin applied")
-        if any("(a plateau)" in n for n in out["lrprobe"].get("note_texts", [])):
+        if any(PLATEAU_MARK in n for n in out["lrprobe"].get("note_texts", [])):
             flags.add("note: plateau")
         i = seeds.index(job.seed)
         runs.append((flags, cell["regret_seeds"][i], cell["collapsed_seeds"][i]))
@@ -340,15 +340,30 @@ def flag_table(results: list[tuple[Job, dict[str, Any], float]], rows: list[dict
              "flagged | share above 0.05, flagged / not | collapsed, flagged / not |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for flag in sorted({f for flags, _, _ in runs for f in flags}):
-        yes = [(r, c) for flags, r, c in runs if flag in flags]
-        no = [(r, c) for flags, r, c in runs if flag not in flags]
+        yes = _columns([(r, c) for flags, r, c in runs if flag in flags])
+        no = _columns([(r, c) for flags, r, c in runs if flag not in flags])
         lines.append(
-            f"| {flag} | {len(yes)}/{len(runs)} | {_pair([r for r, _ in yes])} "
-            f"| {_pair([r for r, _ in no])} "
-            f"| {_share([r for r, _ in yes], 0.05)} / {_share([r for r, _ in no], 0.05)} "
-            f"| {sum(c for _, c in yes)}/{len(yes)} / {sum(c for _, c in no)}/{len(no)} |"
+            f"| {flag} | {yes.count}/{len(runs)} | {yes.regret} | {no.regret} "
+            f"| {yes.share} / {no.share} | {yes.collapsed} / {no.collapsed} |"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """One side (flagged or not) of a flag-table row, formatted."""
+
+    count: int
+    regret: str  # mean / median
+    share: str  # above 0.05 regret
+    collapsed: str  # collapsed / runs
+
+
+def _columns(runs: Sequence[tuple[float, bool]]) -> _Columns:
+    regrets = [r for r, _ in runs]
+    return _Columns(
+        len(runs), _pair(regrets), _share(regrets, 0.05), f"{sum(c for _, c in runs)}/{len(runs)}"
+    )
 
 
 def _share(values: Sequence[float], above: float) -> str:

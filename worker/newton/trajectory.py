@@ -282,7 +282,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -328,6 +328,8 @@ WIDE_SPREAD = 30.0
 # checkpoint: a plateau (or candidates too small to leave it). The rates come from curvature
 # that changes once training leaves it; the notes say so (see _plateau_note).
 PLATEAU_DROP = 0.05
+# How the plateau note names itself (the quality benchmark finds it by these words).
+PLATEAU_MARK = "(a plateau)"
 # A trajectory whose training loss grows past this multiple of its starting value has
 # diverged even if the loss stays finite: a saturated tanh network keeps a finite loss while
 # its curvature vanishes and η explodes (seen on the README's digits MLP for 3 seeds of 6).
@@ -409,7 +411,7 @@ class TrajectoryOptions:
             raise ValueError("extend_edge must be at least 1 (or None)")
         if not 0 <= self.extend_min_drop < 1:
             raise ValueError("extend_min_drop must lie in [0, 1)")
-        if self.unanchored not in ("relu", "hold", "last"):
+        if self.unanchored not in get_args(Unanchored):
             raise ValueError("unanchored must be 'relu', 'hold' or 'last'")
         if not 0 <= self.calibration_tolerance < 1:
             raise ValueError("calibration_tolerance must lie in [0, 1)")
@@ -728,7 +730,7 @@ def _plateau_note(checks: Sequence[ScaleCheck], losses: Sequence[float]) -> str 
         return None
     return (
         f"the calibration runs lowered the training loss by at most {share:.1%} of its value at "
-        "the checkpoint (a plateau): the rates come from curvature that changes once training "
+        f"the checkpoint {PLATEAU_MARK}: the rates come from curvature that changes once training "
         "leaves it; keep the best checkpoint, or probe again once the loss has started to fall"
     )
 
