@@ -92,6 +92,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # gn-probe/0.7 with the bounds kept where the single-group η is not positive
     "hold": {"unanchored": "hold"},
     "last": {"unanchored": "last"},
+    # gn-probe/0.7, probed again (Reprobe with a LocalProbe) once training has gone as far as
+    # the probe looked ahead: 80 steps, 120 with heavy-ball momentum
+    "reprobe": {"reprobe_at": "horizon"},
 }
 
 

@@ -22,7 +22,10 @@ from torch import Tensor, nn
 from torch_lr_finder import LRFinder, TrainDataLoaderIter  # type: ignore[import-untyped]
 
 from bench.quality.tasks import Task, load
-from lrprobe.worker.newton import NumericalError, minibatches, probe
+from lrprobe.integrations import LocalProbe, Reprobe
+from lrprobe.rules.calibration import MOMENTUM_CALIBRATION_FACTOR
+from lrprobe.worker.newton import NumericalError, ProbeResult, minibatches, probe
+from lrprobe.worker.newton.trajectory import TrajectoryOptions
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "adamw": 1e-3}
@@ -74,6 +77,8 @@ class Outcome:
     test_start: float = math.nan
     train_fb: int = 0
     train_seconds: float = 0.0
+    # The rates a re-probe put in place (sorted, distinct), when the run was probed again.
+    reprobed_lr: list[float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -129,21 +134,54 @@ def evaluate(task: Task, model: nn.Module, data: tuple[Tensor, Tensor]) -> float
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
+class _Recorded(LocalProbe):
+    """The product's inline prober, keeping what each re-probe returned (for its cost)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.results: list[ProbeResult] = []
+
+    def __call__(self, snapshot: Any, step: int) -> ProbeResult:
+        result = super().__call__(snapshot, step)
+        assert isinstance(result, ProbeResult)
+        self.results.append(result)
+        return result
+
+
+def horizon(optimizer: str) -> int:
+    """How many steps ahead the default probe looks: its trajectory and one calibration run
+    (twice as long with heavy-ball momentum)."""
+    options = TrajectoryOptions()
+    factor = MOMENTUM_CALIBRATION_FACTOR if optimizer == "momentum" else 1
+    return options.steps + options.calibration_steps * factor
+
+
 def train(
     task: Task,
     job: Job,
     start: Any,
     lrs: Mapping[str, float] | float,
     optimizer_factory: OptimizerFactory | None = None,
+    reprobe_at: int | None = None,
 ) -> Outcome:
     """``job.steps`` steps; held-out loss every ``steps / evals`` steps. A run whose loss stops
     being finite counts as diverged and keeps the losses of its starting point (no progress).
 
     ``optimizer_factory`` trains the checkpoint's weights with another optimizer (a peer) from a
     fresh state; ``lrs`` then only labels the run. Schedule-free optimizers are switched to their
-    averaged weights (``optimizer.eval()``) for every held-out evaluation, as documented."""
+    averaged weights (``optimizer.eval()``) for every held-out evaluation, as documented.
+
+    ``reprobe_at``: probe again after that many steps and go on at the new rates, as
+    ``lrprobe.Reprobe(LocalProbe(...), milestones=[reprobe_at])`` does in a user's loop (on
+    batches of its own); the re-probe's passes count as selection, its seconds as training."""
+    reprobe: Reprobe | None = None
+    prober: _Recorded | None = None
     if optimizer_factory is None:
         model, optimizer = restore(task, job, start, lrs)
+        if reprobe_at is not None:
+            stream = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 60_000)
+            prober = _Recorded(task.loss, stream, seed=job.seed)
+            reprobe = Reprobe(prober, model, optimizer, milestones=[reprobe_at], probe_first=False)
     else:
         model = task.model(job.seed)
         model.load_state_dict(start[0])
@@ -180,6 +218,8 @@ def train(
             break
         loss.backward()
         optimizer.step()
+        if reprobe is not None:
+            reprobe.step()
         if t % every == 0:
             current = held_out(task.test)
             if not math.isfinite(current):
@@ -188,13 +228,19 @@ def train(
             best = min(best, current)
     seconds = time.perf_counter() - started
     lr_used = lrs if isinstance(lrs, float | int | str) else sorted(set(lrs.values()))
+    results = prober.results if prober else []
+    reprobed = sorted({g.lr for g in results[-1].groups}) if results else None
     common = {"train_start": first_train, "test_start": first_test, "train_fb": taken,
-              "train_seconds": seconds}  # fmt: skip
+              "train_seconds": seconds, "reprobed_lr": reprobed}  # fmt: skip
+    # A re-probe's passes are selection compute (the caller adds the first probe's).
+    selected = sum(r.cost.pass_equivalents for r in results)
+    if reprobe is not None:
+        reprobe.close()  # a failed re-probe left the rates as they were, as it would a user's
     if not diverged:
         final_test, final_train = held_out(task.test), held_out(task.train)
         if math.isfinite(final_test) and math.isfinite(final_train):
-            return Outcome(final_train, final_test, best, False, lr_used, 0.0, **common)
-    return Outcome(first_train, first_test, best, True, lr_used, 0.0, **common)
+            return Outcome(final_train, final_test, best, False, lr_used, selected, **common)
+    return Outcome(first_train, first_test, best, True, lr_used, selected, **common)
 
 
 class _Batches(TrainDataLoaderIter):  # type: ignore[misc]
@@ -286,7 +332,12 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     start = checkpoint(task, job)
     out: dict[str, Any] = {}
-    for name, kwargs in {"lrprobe": {}, **job.variants}.items():
+    for name, variant in {"lrprobe": {}, **job.variants}.items():
+        kwargs = dict(variant)
+        # "reprobe_at": train at the probe's rates, then probe again after that many steps
+        # ("horizon": as far as the probe looked ahead; see horizon()).
+        at = kwargs.pop("reprobe_at", None)
+        reprobe_at = horizon(job.optimizer) if at == "horizon" else at
         try:
             result, seconds = run_probe(task, job, start, kwargs)
         except (NumericalError, ValueError) as error:
@@ -300,8 +351,9 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
             continue
         fb = result.cost.pass_equivalents
         lrs = {n: g.lr for g in result.groups for n in g.param_names}
-        per_layer = train(task, job, start, lrs)
-        per_layer.selection_fb, per_layer.selection_seconds = fb, seconds
+        per_layer = train(task, job, start, lrs, reprobe_at=reprobe_at)
+        per_layer.selection_fb += fb
+        per_layer.selection_seconds = seconds
         out[name] = per_layer.as_dict()
         # What the probe said about itself, to check that its flags predict worse outcomes.
         out[name]["flags"] = sorted({f for g in result.groups for f in g.flags})

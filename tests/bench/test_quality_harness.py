@@ -240,3 +240,27 @@ def test_first_seed_shifts_the_seeds_of_every_cell() -> None:
     assert sorted({j.seed for j in shifted}) == [3, 4]
     assert len(shifted) == 4  # 2 starts × 2 seeds, as without the shift
     assert [j.seed for j in jobs(["wine-mlp"], ["init"], ["sgd"], 2, STEPS, [])] == [0, 1]
+
+
+def test_a_reprobe_goes_on_at_new_rates_from_its_step_and_counts_its_passes() -> None:
+    from bench.quality.runner import checkpoint, horizon, train
+
+    task = load("breast_cancer-mlp")
+    job = _job()
+    start = checkpoint(task, job)
+    plain = train(task, job, start, 0.05)
+    late = train(task, job, start, 0.05, reprobe_at=STEPS)  # new rates after the last step
+    early = train(task, job, start, 0.05, reprobe_at=STEPS // 2)
+    assert plain.selection_fb == 0
+    assert late.selection_fb > 0 and early.selection_fb > 0  # the re-probe is selection
+    untouched = ("train", "test_final", "test_best", "train_fb")
+    assert [getattr(late, k) for k in untouched] == [getattr(plain, k) for k in untouched]
+    assert early.train != plain.train  # the second half trained at the re-probe's rates
+    assert (horizon("sgd"), horizon("adamw"), horizon("momentum")) == (80, 80, 120)
+
+
+def test_a_reprobe_variant_adds_its_passes_to_the_first_probes() -> None:
+    task = load("breast_cancer-mlp")
+    out = run_job(task, _job(variants={"again": {"reprobe_at": STEPS // 2, **TINY}}))
+    tiny = run_job(task, _job(variants={"tiny": TINY}))
+    assert out["again"]["selection_fb"] > tiny["tiny"]["selection_fb"] > 0
