@@ -82,24 +82,39 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
-def jobs_table(jobs: list[Job]) -> Table:
+# Below this many columns the job list folds progress into the status and leaves out the
+# creation time and the data reference (``jobs show`` has both): beside the 32-character ids
+# there is room for the error code, which says what to do next, and little else.
+WIDE_LIST = 100
+
+
+def jobs_table(jobs: list[Job], width: int | None = None) -> Table:
+    """The job list for a terminal ``width`` columns wide (the current one by default)."""
+    from rich.console import Console
     from rich.table import Table
 
+    wide = (Console().width if width is None else width) >= WIDE_LIST
     table = Table(title=None, box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=32)
     table.add_column("status", no_wrap=True)
-    table.add_column("progress", no_wrap=True)
-    table.add_column("created", no_wrap=True)
-    for column in ("data", "label / error"):
-        table.add_column(column, overflow="fold")
+    if wide:
+        table.add_column("progress", no_wrap=True)
+        table.add_column("created", no_wrap=True)
+    table.add_column("label / error", overflow="fold")
+    if wide:
+        table.add_column("data", overflow="fold")
     for job in jobs:
         data = job.data
         p = data.progress
+        progress = f"{p.done}/{p.total}" if p.total else "-"
         note = f"{data.error.code}" if data.error else (data.label or "")
-        table.add_row(
-            data.id, _status(data), f"{p.done}/{p.total}" if p.total else "-",
-            f"{data.created_at:%Y-%m-%d %H:%M:%S}", data.spec.data, note,
-        )  # fmt: skip
+        status = _status(data)
+        if wide:
+            table.add_row(data.id, status, progress, f"{data.created_at:%Y-%m-%d %H:%M}", note,
+                          data.spec.data)  # fmt: skip
+        else:
+            running = p.total and not data.finished_at
+            table.add_row(data.id, status + (f" {progress}" if running else ""), note)
     return table
 
 

@@ -215,7 +215,7 @@ class Recommendation:
         return pandas.DataFrame(rows).set_index("group")
 
     def table(self) -> str:
-        """A plain-text per-group table and the global figures."""
+        """A plain-text per-group table, the global figures and the notes."""
         rows = [("group", "params", "lr", "interval (10-90%)", "eta", "flags")]
         for g in self.groups:
             rows.append(
@@ -242,6 +242,8 @@ class Recommendation:
             f"cost: {self.data.cost.batches} batches, {self.data.cost.seconds:.1f} s on "
             f"{self.data.cost.device}"
         )
+        # The notes are how the probe says it is unsure (each flag has one): never left out.
+        lines += [f"note: {note}" for note in self.notes] or ["no notes"]
         return "\n".join(lines)
 
     def plot(self, ax: Any = None) -> Any:
@@ -285,12 +287,14 @@ class Recommendation:
         title = f"Recommendation for job {html.escape(self.job_id)}" if self.job_id else (
             "Recommendation"
         )  # fmt: skip
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        notes = f"<p>Notes:</p><ul>{notes}</ul>" if notes else "<p>No notes.</p>"
         return (
             f"<div class='lrprobe'><strong>{title}</strong> "
             f"({html.escape(str(self.optimizer.get('name', '?')))})"
             f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
             f"<p>single-group lr: {_num(self.single_group_lr)} "
-            f"(interval {_interval(self.single_group_interval)})</p></div>"
+            f"(interval {_interval(self.single_group_interval)})</p>{notes}</div>"
         )
 
     def __str__(self) -> str:

@@ -125,7 +125,8 @@ class OptimizerGroup(BaseModel):
 class OptimizerSpec(BaseModel):
     """The optimizer the user will train with; hyperparameters follow ``torch.optim``.
     A bare name (``"adam"``) means that optimizer with these defaults (each optimizer's own:
-    momentum 0 for rmsprop, betas (0.9, 0.99) for lion, eps 1e-10 for adagrad)."""
+    momentum 0.9 for 'momentum' and 0 for the others, betas (0.9, 0.99) for lion, eps 1e-10
+    for adagrad)."""
 
     model_config = _STRICT
 
@@ -137,8 +138,8 @@ class OptimizerSpec(BaseModel):
         0.9,
         ge=0.0,
         lt=1.0,
-        description="Momentum β in [0, 1), read by 'momentum' and 'rmsprop' (plain 'sgd' has "
-        "none).",
+        description="Momentum β in [0, 1), read by 'momentum' (default 0.9) and 'rmsprop' "
+        "(default 0); plain 'sgd' and the others have none.",
     )
     dampening: StrictFloat = Field(0.0, ge=0.0, lt=1.0, description="SGD dampening, in [0, 1).")
     nesterov: StrictBool = Field(False, description="Nesterov momentum (needs dampening 0).")
@@ -175,7 +176,9 @@ class OptimizerSpec(BaseModel):
     @model_validator(mode="after")
     def _own_defaults_and_options(self) -> OptimizerSpec:
         given = self.model_fields_set
-        if self.name == "rmsprop" and "momentum" not in given:
+        # Only 'momentum' reads the 0.9 default; a job echoes 0 for the others (rmsprop's own
+        # default; plain sgd and the Adam family have no momentum buffer).
+        if self.name != "momentum" and "momentum" not in given:
             self.momentum = 0.0
         if self.name == "lion" and "betas" not in given:
             self.betas = (0.9, 0.99)

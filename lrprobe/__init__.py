@@ -6,6 +6,8 @@ The top level is lazy, so ``import lrprobe`` stays light and never imports torch
 - ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch);
 - ``lrprobe.Reprobe``: re-probing during a plain training loop (``lrprobe.integrations``, which
   also holds the Lightning and Hugging Face callbacks);
+- ``lrprobe.get_architecture`` and ``lrprobe.save_checkpoint``: build a registry architecture
+  and write its weights as a checkpoint the service and ``lrprobe probe`` load (torch);
 - ``lrprobe.__version__``: the installed distribution's version.
 
 Subpackages: ``lrprobe.client`` (SDK), ``lrprobe.worker`` (numeric core ``lrprobe.worker.newton``
@@ -31,13 +33,25 @@ _LAZY = {
     "Client": "lrprobe.client",
     "AsyncClient": "lrprobe.client",
     "probe": "lrprobe.worker.newton",
+    "get_architecture": "lrprobe.worker.intake.checkpoints.architectures",
+    "save_checkpoint": "lrprobe.worker.intake.checkpoints",
 }
 
-__all__ = ["AsyncClient", "Client", "Reprobe", "__version__", "probe"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Reprobe",
+    "__version__",
+    "get_architecture",
+    "probe",
+    "save_checkpoint",
+]
 
 if TYPE_CHECKING:
     from lrprobe.client import AsyncClient, Client
     from lrprobe.integrations import Reprobe
+    from lrprobe.worker.intake.checkpoints import save_checkpoint
+    from lrprobe.worker.intake.checkpoints.architectures import get_architecture
     from lrprobe.worker.newton import probe
 
 

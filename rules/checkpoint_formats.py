@@ -132,7 +132,9 @@ def torchscript_refused() -> RuleError:
 def pt2_disabled() -> RuleError:
     return RuleError(
         "pt2_disabled",
-        f"torch.export .pt2 archives are not accepted on this deployment; send {SAFE_FORMATS}.",
+        "torch.export .pt2 archives are off by default (their loader is opt-in); send "
+        f"{SAFE_FORMATS}, or enable them: `lrprobe probe --allow-pt2` on your own machine, "
+        "LRPROBE_ALLOW_PT2=true on a service you run.",
     )
 
 

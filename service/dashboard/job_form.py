@@ -108,9 +108,11 @@ def _spec_from_form(fields: dict[str, str]) -> dict[str, Any]:
         return value or None
 
     optimizer: dict[str, Any] = {"name": given("optimizer.name") or "sgd"}
-    if optimizer["name"] == "momentum" and given("optimizer.momentum"):
+    if optimizer["name"] in ("momentum", "rmsprop") and given("optimizer.momentum"):
         optimizer["momentum"] = _number(given("optimizer.momentum"))
-    if optimizer["name"] in ("adam", "adamw") and given("optimizer.betas"):
+    if optimizer["name"] in ("adam", "adamw", "nadam", "radam", "lion") and given(
+        "optimizer.betas"
+    ):
         optimizer["betas"] = [
             _number(b.strip()) for b in (given("optimizer.betas") or "").split(",")
         ]

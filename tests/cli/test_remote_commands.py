@@ -3,6 +3,7 @@ one-line errors with their codes and the documented exit codes."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,29 @@ def test_the_service_being_down_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(client, "Client", lambda url, key: fake.client(retries=1))
     result = lrprobe("jobs", "ls")
     assert result.exit_code == 1 and "[connection_error]" in result.output
+
+
+def test_the_job_list_keeps_error_codes_and_data_readable_in_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from lrprobe.cli.remote import jobs_table
+    from lrprobe.client.schemas import JobOut
+
+    failed = job_body("f" * 32, "failed", finished_at=job_body()["created_at"],
+                      error={"code": "weights_mismatch", "message": "m"})  # fmt: skip
+    running = job_body("r" * 32, "running", label="nightly", progress={"done": 3, "total": 40})
+    jobs = [client.Job(None, JobOut.model_validate(b)) for b in (failed, running)]  # type: ignore[arg-type]
+
+    def shown(width: int) -> str:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(jobs_table(jobs, width=width))
+        return console.export_text()
+
+    narrow, wide = shown(80), shown(120)
+    for text in (narrow, wide):
+        assert "weights_mismatch" in text and "nightly" in text  # never folded first
+        assert "f" * 32 in text  # ids whole, for `jobs show`
+    assert "running 3/40" in narrow  # progress folded into the status
+    assert "created" not in narrow and "builtin://digits" not in narrow  # in `jobs show`
+    assert "created" in wide and "3/40" in wide and "builtin://digits" in wide
+    assert max(len(line) for line in narrow.splitlines()) <= 80

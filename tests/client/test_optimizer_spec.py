@@ -14,6 +14,9 @@ def test_each_optimizer_has_its_own_defaults() -> None:
     assert OptimizerSpec.model_validate("adagrad").eps == 1e-10
     assert OptimizerSpec.model_validate("rmsprop").momentum == 0.0
     assert OptimizerSpec.model_validate("momentum").momentum == 0.9
+    # Only 'momentum' has a buffer by default: a plain-SGD or Adam job does not echo one.
+    assert [OptimizerSpec.model_validate(n).momentum for n in ("sgd", "adam", "lion")] == [0.0] * 3
+    assert OptimizerSpec.model_validate({"name": "rmsprop", "momentum": 0.5}).momentum == 0.5
     given = OptimizerSpec.model_validate({"name": "lion", "betas": [0.95, 0.98]})
     assert given.betas == (0.95, 0.98)
 

@@ -47,3 +47,13 @@ def test_a_rate_history_plots_each_group_over_the_steps() -> None:
         assert lines == {"a": [0.1, 0.2], "b": [0.01, 0.02]}
     finally:
         plt.close(ax.figure)
+
+
+def test_the_text_and_notebook_views_show_the_notes_or_say_there_are_none() -> None:
+    noted = Recommendation(recommendation_body(notes=["noisy (group 2): <uncertain>"]))
+    assert noted.table().endswith("note: noisy (group 2): <uncertain>")
+    assert str(noted) == noted.table()
+    page = noted._repr_html_()
+    assert "<li>noisy (group 2): &lt;uncertain&gt;</li>" in page and "<uncertain>" not in page
+    quiet = Recommendation(recommendation_body(notes=[]))
+    assert quiet.table().endswith("no notes") and "No notes." in quiet._repr_html_()

@@ -175,6 +175,17 @@ def test_result_round_trips_through_json() -> None:
     assert set(data["groups"][0]) >= {"name", "lr", "lr_interval", "eta", "flags", "curvature"}
 
 
+def test_printing_a_result_shows_its_notes_or_says_there_are_none() -> None:
+    from dataclasses import replace
+
+    x, y = _data()
+    result = _quick(_mlp(), x, y)
+    noted = replace(result, notes=["the first note", "the second"])
+    assert str(noted).endswith("note: the first note\nnote: the second")
+    assert str(noted).startswith(result.table().split("\n")[0])  # the table comes first
+    assert str(replace(result, notes=[])).endswith("no notes")
+
+
 def test_progress_reports_every_trajectory_step_up_to_the_total() -> None:
     x, y = _data()
     events: list[ProbeProgress] = []

@@ -262,6 +262,28 @@ def test_the_form_submits_a_job_and_shows_problems(api: RunningApi) -> None:
     assert job.json()["spec"]["optimizer"]["name"] == "adam" and len(api.queue.sent) == 1
 
 
+def test_the_form_offers_every_optimizer_and_partition_the_api_takes(api: RunningApi) -> None:
+    from typing import get_args
+
+    from lrprobe.client.schemas import OptimizerName
+
+    csrf = sign_in(api, api.key_a)
+    page = api.client.get("/ui/jobs/new").text
+    offered = set(re.findall(r'<option value="([a-z]+)"', page))
+    assert set(get_args(OptimizerName)) <= offered
+    assert {"layer", "block", "kind", "tensor", "single", "regex"} <= offered
+    chosen = {"optimizer.name": "rmsprop", "optimizer.momentum": "0.5",
+              "optimizer.betas": "0.8, 0.9", "partition.rule": "block"}  # fmt: skip
+    form = _form(api, csrf) | chosen
+    created = api.client.post("/ui/jobs", data=form, follow_redirects=False)
+    assert created.status_code == 303, created.text
+    spec = api.client.get(
+        created.headers["location"].replace("/ui", "/v1"), headers=api.auth(api.key_a)
+    ).json()["spec"]
+    assert spec["optimizer"]["momentum"] == 0.5  # RMSprop reads momentum, not betas
+    assert spec["optimizer"]["betas"] == [0.9, 0.999] and spec["partition"]["rule"] == "block"
+
+
 def _form(api: RunningApi, csrf: str) -> dict[str, str]:
     return {
         "csrf": csrf, "model_id": api.model_id(api.key_a), "data": "builtin://digits",

@@ -53,7 +53,7 @@ def test_the_wire_optimizer_becomes_the_cores_with_its_groups_and_own_defaults()
     core = optimizer_spec(spec.optimizer)
     assert core == OptimizerSpec(
         "adamw",
-        momentum=0.9,
+        momentum=0.0,
         weight_decay=0.1,
         options={"amsgrad": True},
         param_groups=(ParamGroupSpec(("fc.bias",), {"weight_decay": 0.0}),),

@@ -207,7 +207,8 @@ class ProbeResult:
         return cls(**{k: v for k, v in data.items() if k in _fields(cls)})
 
     def table(self) -> str:
-        """A plain-text per-group table (what the CLI and ``print(result)`` show)."""
+        """A plain-text per-group table, the global figures and the notes (what
+        ``print(result)`` shows)."""
         rows = [("group", "params", "lr", "interval (10-90%)", "eta", "flags")]
         for g in self.groups:
             rows.append(
@@ -221,7 +222,9 @@ class ProbeResult:
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lo, hi = self.single_group_interval
         lines += [
@@ -232,6 +235,8 @@ class ProbeResult:
             f"cost: {self.cost.batches} batches, {self.cost.fb_equivalents:.0f} forward+backward "
             f"equivalents, {self.cost.seconds:.1f} s on {self.cost.device}",
         ]
+        # The notes are how the probe says it is unsure (each flag has one): never left out.
+        lines += [f"note: {note}" for note in self.notes] or ["no notes"]
         return "\n".join(lines)
 
     def __str__(self) -> str:
