@@ -12,7 +12,7 @@ import typer
 
 from lrprobe.cli.errors import fail
 from lrprobe.cli.extras import require_extra
-from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json
+from lrprobe.cli.remote import ApiKey, Format, FormatOption, Url, connect, echo_json, print_table
 
 if TYPE_CHECKING:
     from lrprobe.client.schemas import ApiKeyCreated, ApiKeyOut
@@ -120,6 +120,15 @@ def list_(
     if json_output or output is Format.json:
         echo_json(keys)
         return
+    from rich.table import Table
+
+    # Fits 80 columns beside the 32-character ids; a long name folds.
+    table = Table(title=None, box=None, header_style="bold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=8)
+    for column in ("state", "prefix", "created"):
+        table.add_column(column, no_wrap=True)
     for k in keys:
         state = "revoked" if k.revoked_at else ("admin" if k.admin else "active")
-        typer.echo(f"{k.id}  {k.prefix}…  {state:8}  {k.created_at:%Y-%m-%d %H:%M}  {k.name}")
+        table.add_row(k.id, k.name, state, f"{k.prefix}…", f"{k.created_at:%Y-%m-%d}")
+    print_table(table)

@@ -34,8 +34,8 @@ class Format(StrEnum):
 
 Url = Annotated[
     str | None,
-    typer.Option("--url", envvar="LRPROBE_URL", help="The lrprobe service [default: "
-                 "http://127.0.0.1:8000]."),
+    typer.Option("--url", envvar="LRPROBE_URL", help="The lrprobe service (default "
+                 "http://127.0.0.1:8000)."),
 ]  # fmt: skip
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="LRPROBE_API_KEY", help="Your API key (lrp_…).")

@@ -36,6 +36,9 @@ class _ProgressBar:
             desc=self._label,
             unit="batch",
             leave=True,
+            # No rate: progress arrives in jumps from the service's events, so tqdm's
+            # batches-per-second would read the gaps between them, not the probe's speed.
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         self._bar.set_postfix_str(job.status)
 

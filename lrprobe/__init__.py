@@ -37,6 +37,9 @@ _LAZY = {
     "save_checkpoint": "lrprobe.worker.intake.checkpoints",
 }
 
+# What the worker extra brings (pyproject.toml): a lazy name that needs one of them says so.
+_WORKER_MODULES = frozenset({"torch", "numpy", "safetensors", "sklearn", "fsspec"})
+
 __all__ = [
     "AsyncClient",
     "Client",
@@ -59,7 +62,16 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lrprobe' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    try:
+        value = getattr(import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in _WORKER_MODULES:
+            raise
+        raise ModuleNotFoundError(
+            f"lrprobe.{name} needs the worker extra ({exc.name} is not installed): "
+            "pip install 'lrprobe[worker]'",
+            name=exc.name,
+        ) from exc
     globals()[name] = value  # later lookups skip this function
     return value
 

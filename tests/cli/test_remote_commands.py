@@ -132,6 +132,9 @@ def test_keys_over_the_api_with_an_admin_key(api: RunningApi) -> None:
     assert key["secret"].startswith("lrp_")
     listed = lrprobe("keys", "list", "--api-key", api.admin)
     assert key["id"] in listed.output
+    header = listed.output.splitlines()[0].split()
+    assert header == ["id", "name", "state", "prefix", "created"], listed.output
+    assert f"{key['id']}  ci " in listed.output  # whole, in the test runner's 80 columns
     revoked = lrprobe("keys", "revoke", key["id"], "--api-key", api.admin)
     assert revoked.output.strip() == f"revoked {key['id']} (ci)"
     forbidden = lrprobe("keys", "create", "x", "--api-key", api.key_a)

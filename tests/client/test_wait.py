@@ -121,6 +121,19 @@ def test_wait_gives_up_after_its_timeout(api: FakeApi) -> None:
     assert isinstance(caught.value, TimeoutError)
 
 
+def test_the_progress_bar_shows_the_batches_and_the_status_without_a_rate(
+    api: FakeApi, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.on("GET", EVENTS, sse((1, "status", {"status": "running"}), (2, "progress", progress(4)),
+                              (3, "progress", progress(8)), (4, "status", {"status": "succeeded"}),
+                              (None, "end", {"status": "succeeded"})))  # fmt: skip
+    api.client().get_job("j1").wait(progress=True)
+    shown = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in shown if line.strip()][-1]
+    assert "8/" in last and "succeeded" in last
+    assert "batch/s" not in "".join(shown) and "s/batch" not in "".join(shown)
+
+
 def test_waiting_works_without_tqdm(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     api.on("GET", EVENTS, sse((None, "end", {"status": "succeeded"})))
