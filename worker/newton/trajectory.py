@@ -113,8 +113,10 @@ plateau, came out smaller (1.5–22× with momentum) and none of its runs collap
 probe's large rates were right to stay large its smaller ones slowed training: every MNIST-1D
 cell (SGD warm −0.013 → 0.308), the digits CNN and the GPT with SGD (0.050 → 0.135; warm
 −0.002 → 0.084); 12 cells better by more than 0.01, 20 worse, at twice the compute. With
-momentum alone it met the worst-cell target on seeds 0–2 but not on seeds 3–4. Not kept; the
-plateau note's advice quotes it (see :func:`_plateau_note`).
+momentum alone it met the worst-cell target on seeds 0–2 but not on seeds 3–4. Nor did
+re-probing only where the momentum margin's note fired, chosen afterwards on seeds 0–2 (worst
+0.141, collapsed runs 2, mean selection 367 passes there): on seeds 3–4 cells above 0.15 went
+from 1 to 3. Not kept; the plateau note's advice quotes it (see :func:`_plateau_note`).
 
 gn-probe/0.6 (issue 11, fourth round) changed one thing: when the λ₁ contest is won by its
 largest candidate while the loss still fell steeply there, one more candidate past it is run
