@@ -120,6 +120,7 @@ def list_(
     if json_output or output is Format.json:
         echo_json(keys)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     # Fits 80 columns beside the 32-character ids; a long name folds.
@@ -130,5 +131,6 @@ def list_(
         table.add_column(column, no_wrap=True)
     for k in keys:
         state = "revoked" if k.revoked_at else ("admin" if k.admin else "active")
-        table.add_row(k.id, k.name, state, f"{k.prefix}…", f"{k.created_at:%Y-%m-%d}")
+        # A name is the user's text, never rich markup.
+        table.add_row(k.id, escape(k.name), state, f"{k.prefix}…", f"{k.created_at:%Y-%m-%d}")
     print_table(table)

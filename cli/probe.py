@@ -92,7 +92,8 @@ def probe_command(
         console.print(
             f"{loaded.format} checkpoint, {loaded.num_params:,} parameters in "
             f"{len(loaded.partition)} layers; data {dataset.name}: {dataset.num_examples:,} "
-            "examples"
+            "examples",
+            markup=False,  # a data set's name is its file's: text, brackets included
         )
         with probe_progress() as progress:
             result = run_probe(loaded.model, dataset, request, progress)

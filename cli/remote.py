@@ -89,11 +89,17 @@ WIDE_LIST = 100
 
 
 def jobs_table(jobs: list[Job], width: int | None = None) -> Table:
-    """The job list for a terminal ``width`` columns wide (the current one by default)."""
+    """The job list for a terminal ``width`` columns wide (by default the current terminal's;
+    all columns when the output is not a terminal)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    wide = (Console().width if width is None else width) >= WIDE_LIST
+    if width is None:
+        console = Console()
+        # Piped into a file or another program: every column (scripts want --format json).
+        width = console.width if console.is_terminal else WIDE_LIST
+    wide = width >= WIDE_LIST
     table = Table(title=None, box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=32)
     table.add_column("status", no_wrap=True)
@@ -107,11 +113,12 @@ def jobs_table(jobs: list[Job], width: int | None = None) -> Table:
         data = job.data
         p = data.progress
         progress = f"{p.done}/{p.total}" if p.total else "-"
-        note = f"{data.error.code}" if data.error else (data.label or "")
+        # Labels and data references are the user's text, never rich markup.
+        note = data.error.code if data.error else escape(data.label or "")
         status = _status(data)
         if wide:
             table.add_row(data.id, status, progress, f"{data.created_at:%Y-%m-%d %H:%M}", note,
-                          data.spec.data)  # fmt: skip
+                          escape(data.spec.data))  # fmt: skip
         else:
             running = p.total and not data.finished_at
             table.add_row(data.id, status + (f" {progress}" if running else ""), note)
@@ -126,6 +133,7 @@ def _status(job: JobOut) -> str:
 
 def print_job(job: JobOut) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(highlight=False)
     spec = job.spec
@@ -148,4 +156,7 @@ def print_job(job: JobOut) -> None:
     if job.error:
         rows.append(("error", f"{job.error.detail} [{job.error.code}]"))
     for name, value in rows:
-        console.print(f"[bold]{name:>9}[/]  {value}")
+        # Only the status is markup (its colour); the rest is text, brackets included (the
+        # error's [code], a label like "run[3]").
+        shown = value if name == "status" else escape(value)
+        console.print(f"[bold]{name:>9}[/]  {shown}")

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,9 +26,10 @@ def recommendation_table(rec: Recommendation) -> Table:
     table.add_column("η", justify="right")
     table.add_column("flags", style="yellow")
     for g in rec.groups:
+        # Group names can be the user's own (a regex partition's): text, never markup.
         table.add_row(
-            g.name, f"{g.numel:,}", _num(g.lr), f"{_num(g.interval[0])} – {_num(g.interval[1])}",
-            _num(g.eta), ", ".join(g.flags),
+            escape(g.name), f"{g.numel:,}", _num(g.lr),
+            f"{_num(g.interval[0])} – {_num(g.interval[1])}", _num(g.eta), ", ".join(g.flags),
         )  # fmt: skip
     return table
 
@@ -46,7 +48,7 @@ def print_recommendation(rec: Recommendation, console: Console | None = None) ->
     )
     console.print(f"cost: {cost.batches} batches, {cost.seconds:.1f} s on {cost.device}")
     for note in rec.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def _num(value: float | None) -> str:

@@ -59,10 +59,16 @@ def _optimizer_kwargs(job: JobOut) -> list[str]:
         kwargs = [f"betas=({spec.betas[0]}, {spec.betas[1]})", f"eps={spec.eps:g}"]
     elif spec.name == "lion":
         kwargs = [f"betas=({spec.betas[0]}, {spec.betas[1]})"]
+    elif spec.name == "rmsprop":
+        kwargs = [f"eps={spec.eps:g}"] + ([f"momentum={spec.momentum}"] if spec.momentum else [])
+    elif spec.name == "adagrad":
+        kwargs = [f"eps={spec.eps:g}"]
     else:
         kwargs = []
     if spec.weight_decay:
         kwargs.append(f"weight_decay={spec.weight_decay:g}")
+    # The optimizer's other keyword arguments (amsgrad, centered, alpha, …), as probed.
+    kwargs += [f"{key}={value!r}" for key, value in sorted(spec.options.items())]
     return kwargs
 
 

@@ -183,3 +183,33 @@ def test_the_job_list_keeps_error_codes_and_data_readable_in_an_80_column_termin
     assert "created" not in narrow and "builtin://digits" not in narrow  # in `jobs show`
     assert "created" in wide and "3/40" in wide and "builtin://digits" in wide
     assert max(len(line) for line in narrow.splitlines()) <= 80
+
+
+def test_user_text_with_brackets_is_printed_as_text(
+    api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from lrprobe.cli.remote import jobs_table, print_job
+    from lrprobe.client.schemas import JobOut
+
+    created = lrprobe("keys", "create", "team[/]", "--api-key", api.admin)
+    assert created.exit_code == 0, created.output
+    listed = lrprobe("keys", "list", "--api-key", api.admin)
+    assert listed.exit_code == 0 and "team[/]" in listed.output, listed.output
+
+    error = {"code": "weights_mismatch", "detail": "The weights do not fit."}
+    failed = JobOut.model_validate(job_body("f" * 32, "failed", label="run[bold]3", error=error))
+    printed = io.StringIO()
+    monkeypatch.setattr("sys.stdout", printed)
+    print_job(failed)
+    assert "The weights do not fit. [weights_mismatch]" in printed.getvalue()  # the code shows
+    assert "run[bold]3" in printed.getvalue()
+
+    running = JobOut.model_validate(job_body("r" * 32, "running", label="run[bold]3",
+                                             spec={"model_id": "m", "data": "data/[v2].csv",
+                                                   "loss": "cross_entropy"}))  # fmt: skip
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(jobs_table([client.Job(None, running)], width=120))  # type: ignore[arg-type]
+    text = console.export_text()
+    assert "run[bold]3" in text and "data/[v2].csv" in text
