@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Where torch comes from: pip's own choice by default (on Linux, PyPI's wheel bundles CUDA);
-# `make run TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build.
+# `make clean run TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes PyTorch's CPU build
+# (the index matters only when .venv is created).
 TORCH_INDEX ?=
 
 .PHONY: install test fuzz lint format bench bench-core run clean
@@ -12,7 +13,7 @@ TORCH_INDEX ?=
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: a looser requirement would fetch a multi-GB CUDA build.
+	# torch first and pinned, so that lrprobe's range never makes pip pick a newer build.
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[worker,service,hf,dev]'
 	touch $(STAMP)

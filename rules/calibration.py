@@ -14,8 +14,8 @@ MOMENTUM_CALIBRATION_FACTOR = 2
 def heavy_ball(name: str, momentum: float, group_momenta: Iterable[float | None] = ()) -> bool:
     """Whether any parameter trains with a heavy-ball momentum buffer: the "momentum" optimizer
     with β > 0, or with a parameter group that sets its own β > 0 (``None``: the optimizer's).
-    Plain "sgd" never does, whatever its momentum field holds (the job schema's default is 0.9
-    for every name; the direction rule ignores it for "sgd")."""
+    Plain "sgd" never does, whatever its momentum field holds (a job stored before the schema's
+    0.9 default became 'momentum'-only may hold 0.9; the direction rule ignores it for "sgd")."""
     if name != "momentum":
         return False
     return momentum > 0 or any(m is not None and m > 0 for m in group_momenta)

@@ -92,8 +92,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # gn-probe/0.7 with the bounds kept where the single-group η is not positive
     "hold": {"unanchored": "hold"},
     "last": {"unanchored": "last"},
-    # gn-probe/0.7, probed again (Reprobe with a LocalProbe) once training has gone as far as
-    # the probe looked ahead: 80 steps, 120 with heavy-ball momentum
+    # gn-probe/0.7, probed again (Reprobe with a LocalProbe) once training has taken as many
+    # steps as the probe did: 80, 120 with heavy-ball momentum (--quick's 100 steps: not then)
     "reprobe": {"reprobe_at": "horizon"},
 }
 

@@ -77,8 +77,10 @@ class Outcome:
     test_start: float = math.nan
     train_fb: int = 0
     train_seconds: float = 0.0
-    # The rates a re-probe put in place (sorted, distinct), when the run was probed again.
+    # The rates a re-probe put in place (sorted, distinct), when the run was probed again;
+    # a re-probe that failed (its passes unknown, the rates kept) is listed instead.
     reprobed_lr: list[float] | None = None
+    reprobe_failures: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -149,8 +151,10 @@ class _Recorded(LocalProbe):
 
 
 def horizon(optimizer: str) -> int:
-    """How many steps ahead the default probe looks: its trajectory and one calibration run
-    (twice as long with heavy-ball momentum)."""
+    """As many optimizer steps as the default probe takes in one go: its trajectory and one
+    calibration run (twice as long with heavy-ball momentum). Both start at the checkpoint, so
+    the probe has seen training that far along neither; it is the re-probe's point of
+    comparison, a re-probe at the probe's own length."""
     options = TrajectoryOptions()
     factor = MOMENTUM_CALIBRATION_FACTOR if optimizer == "momentum" else 1
     return options.steps + options.calibration_steps * factor
@@ -229,13 +233,16 @@ def train(
     seconds = time.perf_counter() - started
     lr_used = lrs if isinstance(lrs, float | int | str) else sorted(set(lrs.values()))
     results = prober.results if prober else []
-    reprobed = sorted({g.lr for g in results[-1].groups}) if results else None
-    common = {"train_start": first_train, "test_start": first_test, "train_fb": taken,
-              "train_seconds": seconds, "reprobed_lr": reprobed}  # fmt: skip
-    # A re-probe's passes are selection compute (the caller adds the first probe's).
-    selected = sum(r.cost.pass_equivalents for r in results)
+    failures = [why for _, why in reprobe.history.failures] if reprobe else []
     if reprobe is not None:
         reprobe.close()  # a failed re-probe left the rates as they were, as it would a user's
+    # A re-probe is selection, in passes and seconds (the caller adds the first probe's).
+    reprobing = sum(r.cost.seconds for r in results)
+    common = {"train_start": first_train, "test_start": first_test, "train_fb": taken,
+              "train_seconds": seconds - reprobing, "selection_seconds": reprobing,
+              "reprobed_lr": sorted({g.lr for g in results[-1].groups}) if results else None,
+              "reprobe_failures": failures}  # fmt: skip
+    selected = sum(r.cost.pass_equivalents for r in results)
     if not diverged:
         final_test, final_train = held_out(task.test), held_out(task.train)
         if math.isfinite(final_test) and math.isfinite(final_train):
@@ -335,9 +342,11 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
     for name, variant in {"lrprobe": {}, **job.variants}.items():
         kwargs = dict(variant)
         # "reprobe_at": train at the probe's rates, then probe again after that many steps
-        # ("horizon": as far as the probe looked ahead; see horizon()).
+        # ("horizon": after as many steps as the probe took; see horizon()).
         at = kwargs.pop("reprobe_at", None)
         reprobe_at = horizon(job.optimizer) if at == "horizon" else at
+        if reprobe_at is not None and not (isinstance(reprobe_at, int) and reprobe_at >= 1):
+            raise ValueError(f"reprobe_at must be 'horizon' or a step ≥ 1, not {at!r}")
         try:
             result, seconds = run_probe(task, job, start, kwargs)
         except (NumericalError, ValueError) as error:
@@ -353,7 +362,7 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
         lrs = {n: g.lr for g in result.groups for n in g.param_names}
         per_layer = train(task, job, start, lrs, reprobe_at=reprobe_at)
         per_layer.selection_fb += fb
-        per_layer.selection_seconds = seconds
+        per_layer.selection_seconds += seconds
         out[name] = per_layer.as_dict()
         # What the probe said about itself, to check that its flags predict worse outcomes.
         out[name]["flags"] = sorted({f for g in result.groups for f in g.flags})

@@ -251,11 +251,13 @@ def test_a_reprobe_goes_on_at_new_rates_from_its_step_and_counts_its_passes() ->
     plain = train(task, job, start, 0.05)
     late = train(task, job, start, 0.05, reprobe_at=STEPS)  # new rates after the last step
     early = train(task, job, start, 0.05, reprobe_at=STEPS // 2)
-    assert plain.selection_fb == 0
+    assert plain.selection_fb == 0 and plain.reprobed_lr is None
     assert late.selection_fb > 0 and early.selection_fb > 0  # the re-probe is selection
+    assert early.selection_seconds > 0 and plain.selection_seconds == 0
     untouched = ("train", "test_final", "test_best", "train_fb")
     assert [getattr(late, k) for k in untouched] == [getattr(plain, k) for k in untouched]
     assert early.train != plain.train  # the second half trained at the re-probe's rates
+    assert early.reprobed_lr and early.reprobed_lr != [0.05] and not early.reprobe_failures
     assert (horizon("sgd"), horizon("adamw"), horizon("momentum")) == (80, 80, 120)
 
 
@@ -264,3 +266,5 @@ def test_a_reprobe_variant_adds_its_passes_to_the_first_probes() -> None:
     out = run_job(task, _job(variants={"again": {"reprobe_at": STEPS // 2, **TINY}}))
     tiny = run_job(task, _job(variants={"tiny": TINY}))
     assert out["again"]["selection_fb"] > tiny["tiny"]["selection_fb"] > 0
+    with pytest.raises(ValueError, match="reprobe_at must be 'horizon' or a step"):
+        run_job(task, _job(variants={"bad": {"reprobe_at": "later"}}))

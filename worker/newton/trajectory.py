@@ -92,8 +92,9 @@ on that seed too, after reaching a held-out loss better than every grid point's.
 
 Nor did a second probe during training (issue 11, seventh round), which those collapses seemed
 to ask for: the benchmark's ``reprobe`` variant trains at the probe's rates and probes again
-(``Reprobe`` with a ``LocalProbe``) where the first probe's look-ahead ends, at step
-``steps + calibration_steps`` (80; 120 with heavy-ball momentum), then goes on at the new rates;
+(``Reprobe`` with a ``LocalProbe``) after as many steps as the first probe took (its
+trajectory and one calibration run, both from the checkpoint: ``steps + calibration_steps``,
+80; 120 with heavy-ball momentum), then goes on at the new rates;
 both probes count as selection compute. Against gn-probe/0.7 on the same jobs:
 
 =============================================  ======  ======  =====  =====  =========  ======  ===
@@ -108,15 +109,16 @@ momentum, seeds 3–4 (16): gn-probe/0.7         0.012   −0.026  0.225  1     
 =============================================  ======  ======  =====  =====  =========  ======  ===
 
 The re-probe reads the curvature where training has got to: the deep MLP's rates, read on its
-plateau, came out smaller (1.5–22× with momentum) and none of its runs collapsed (momentum warm
+plateau, came out smaller in 5 of its 6 momentum runs (1.5–22×) and none collapsed (momentum warm
 −0.100 → −0.434); wine gained too (wine-resmlp warm momentum 0.185 → 0.101). But where the first
 probe's large rates were right to stay large its smaller ones slowed training: every MNIST-1D
 cell (SGD warm −0.013 → 0.308), the digits CNN and the GPT with SGD (0.050 → 0.135; warm
 −0.002 → 0.084); 12 cells better by more than 0.01, 20 worse, at twice the compute. With
 momentum alone it met the worst-cell target on seeds 0–2 but not on seeds 3–4. Nor did
-re-probing only where the momentum margin's note fired, chosen afterwards on seeds 0–2 (worst
-0.141, collapsed runs 2, mean selection 367 passes there): on seeds 3–4 cells above 0.15 went
-from 1 to 3. Not kept; the plateau note's advice quotes it (see :func:`_plateau_note`).
+re-probing only where the momentum margin's note fired, chosen afterwards on seeds 0–2 (all 54
+cells: worst 0.141, collapsed runs 2, mean selection 367 passes): on seeds 3–4 (momentum, 16
+cells) cells above 0.15 went from 1 to 3. Not kept; the plateau note's advice quotes it (see
+:func:`_plateau_note`).
 
 gn-probe/0.6 (issue 11, fourth round) changed one thing: when the λ₁ contest is won by its
 largest candidate while the loss still fell steeply there, one more candidate past it is run
