@@ -79,7 +79,14 @@ def _jsonable(value: Any) -> Any:
 def print_table(table: Table) -> None:
     from rich.console import Console
 
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped: no width to fit, so rows keep their natural length
+        console = Console(width=PIPED_WIDTH)
+    console.print(table)
+
+
+# Wide enough for any row of our tables when the output is a file or another program.
+PIPED_WIDTH = 1000
 
 
 # Below this many columns the job list folds progress into the status and leaves out the

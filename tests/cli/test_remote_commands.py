@@ -68,7 +68,9 @@ def test_submit_then_ls_show_wait_export(api: RunningApi, tmp_path: Path) -> Non
     job_id = submitted(api, tmp_path)
     listed = lrprobe("jobs", "ls", "--format", "json")
     assert [j["id"] for j in json.loads(listed.output)] == [job_id]
-    assert job_id in lrprobe("jobs", "ls", "--status", "queued").output
+    piped = lrprobe("jobs", "ls", "--status", "queued").output  # not a terminal: every column
+    row = next(line for line in piped.splitlines() if job_id in line)
+    assert "queued" in row and "builtin://digits" in row, piped
     assert "queued" in lrprobe("jobs", "show", job_id).output
 
     finish(api, job_id)
