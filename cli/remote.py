@@ -79,14 +79,20 @@ def _jsonable(value: Any) -> Any:
 def print_table(table: Table) -> None:
     from rich.console import Console
 
-    console = Console()
-    if not console.is_terminal:  # piped: no width to fit, so rows keep their natural length
-        console = Console(width=PIPED_WIDTH)
-    console.print(table)
+    Console(width=output_width()).print(table)
 
 
 # Wide enough for any row of our tables when the output is a file or another program.
 PIPED_WIDTH = 1000
+
+
+def output_width() -> int:
+    """The terminal's width, or PIPED_WIDTH when the output is a file or another program (no
+    width to fit there: rows keep their natural length, every column included)."""
+    from rich.console import Console
+
+    console = Console()
+    return console.width if console.is_terminal else PIPED_WIDTH
 
 
 # Below this many columns the job list folds progress into the status and leaves out the
@@ -96,17 +102,12 @@ WIDE_LIST = 100
 
 
 def jobs_table(jobs: list[Job], width: int | None = None) -> Table:
-    """The job list for a terminal ``width`` columns wide (by default the current terminal's;
+    """The job list for a terminal ``width`` columns wide (by default :func:`output_width`:
     all columns when the output is not a terminal)."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    if width is None:
-        console = Console()
-        # Piped into a file or another program: every column (scripts want --format json).
-        width = console.width if console.is_terminal else WIDE_LIST
-    wide = width >= WIDE_LIST
+    wide = (output_width() if width is None else width) >= WIDE_LIST
     table = Table(title=None, box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=32)
     table.add_column("status", no_wrap=True)

@@ -37,9 +37,6 @@ _LAZY = {
     "save_checkpoint": "lrprobe.worker.intake.checkpoints",
 }
 
-# What the worker extra brings (pyproject.toml): a lazy name that needs one of them says so.
-_WORKER_MODULES = frozenset({"torch", "numpy", "safetensors", "sklearn", "fsspec"})
-
 __all__ = [
     "AsyncClient",
     "Client",
@@ -65,7 +62,10 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(import_module(module), name)
     except ModuleNotFoundError as exc:
-        if exc.name not in _WORKER_MODULES:
+        # The commands' own table of what each extra brings (imported only on this path).
+        from lrprobe.cli.extras import EXTRA_MODULES
+
+        if exc.name not in EXTRA_MODULES["worker"]:
             raise
         raise ModuleNotFoundError(
             f"lrprobe.{name} needs the worker extra ({exc.name} is not installed): "

@@ -23,7 +23,7 @@ from torch_lr_finder import LRFinder, TrainDataLoaderIter  # type: ignore[import
 
 from bench.quality.tasks import Task, load
 from lrprobe.integrations import LocalProbe, Reprobe
-from lrprobe.rules.calibration import MOMENTUM_CALIBRATION_FACTOR
+from lrprobe.rules.calibration import heavy_ball
 from lrprobe.worker.newton import NumericalError, ProbeResult, minibatches, probe
 from lrprobe.worker.newton.trajectory import TrajectoryOptions
 
@@ -156,7 +156,8 @@ def horizon(optimizer: str) -> int:
     the probe has seen training that far along neither; it is the re-probe's point of
     comparison, a re-probe at the probe's own length."""
     options = TrajectoryOptions()
-    factor = MOMENTUM_CALIBRATION_FACTOR if optimizer == "momentum" else 1
+    momentum = float(_HYPER[optimizer].get("momentum", 0.0))
+    factor = options.momentum_calibration_factor if heavy_ball(optimizer, momentum) else 1
     return options.steps + options.calibration_steps * factor
 
 
