@@ -32,6 +32,7 @@ from typing import Any
 
 from bench.quality.runner import GRID, OPTIMIZERS, PEERS, Job, timed_job
 from bench.quality.tasks import TASKS
+from lrprobe.worker.newton.schedules import SCHEDULES, Schedule
 from lrprobe.worker.newton.trajectory import PLATEAU_MARK, WIDE_SPREAD, rate_span
 
 METHODS = ("lrprobe", "lrprobe-single", "grid", "grid-cv", "range-test", "default", *PEERS)
@@ -95,16 +96,32 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # gn-probe/0.7, probed again (Reprobe with a LocalProbe) once training has taken as many
     # steps as the probe did: 80, 120 with heavy-ball momentum (--quick's 100 steps: not then)
     "reprobe": {"reprobe_at": "horizon"},
+    # gn-probe/0.7 whose λ₁ contest runs each candidate under the schedule the training runs
+    # follow (--schedule cosine), compressed to the contest's length
+    "cal-cosine": {"calibration_schedule": "cosine"},
+    # gn-probe/0.7's rates times a factor, as the peak of a schedule (--schedule cosine)
+    "peak-1.5": {"lr_scale": 1.5},
+    "peak-2": {"lr_scale": 2.0},
+    "peak-3": {"lr_scale": 3.0},
 }
 
 
 def jobs(
     tasks: Sequence[str], starts: Sequence[str], optimizers: Sequence[str], seeds: int,
-    steps: int, variants: Sequence[str], first_seed: int = 0,
+    steps: int, variants: Sequence[str], first_seed: int = 0, schedule: Schedule = "constant",
 ) -> list[Job]:  # fmt: skip
     chosen = {v: VARIANTS[v] for v in variants}
     return [
-        Job(task, start, opt, seed, steps=steps, warmup_steps=max(10, steps // 6), variants=chosen)
+        Job(
+            task,
+            start,
+            opt,
+            seed,
+            steps=steps,
+            warmup_steps=max(10, steps // 6),
+            variants=chosen,
+            schedule=schedule,
+        )
         for task in tasks
         for start in starts
         for opt in optimizers
@@ -131,7 +148,8 @@ def run(
 
 
 def _key(job: Job) -> tuple[Any, ...]:
-    return (job.task, job.start, job.optimizer, job.seed, job.steps, tuple(job.variants))
+    return (job.task, job.start, job.optimizer, job.seed, job.steps, tuple(job.variants),
+            job.schedule)  # fmt: skip
 
 
 def _record(
@@ -402,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seeds run from here: to confirm a rule on seeds it was not chosen on",
     )  # fmt: skip
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--schedule", default="constant", choices=SCHEDULES,
+        help="every method trains under this schedule, its rate the peak (default: constant)",
+    )  # fmt: skip
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -417,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     starts = args.starts or (["init"] if args.quick else ["init", "warm"])
     # --quick leaves out the GPT, by far the slowest task, to stay under 3 minutes.
     tasks = args.tasks or [t for t in TASKS if not (args.quick and t == "gpt-lm")]
-    all_jobs = jobs(tasks, starts, optimizers, seeds, steps, args.variants, args.first_seed)
+    all_jobs = jobs(
+        tasks, starts, optimizers, seeds, steps, args.variants, args.first_seed, args.schedule
+    )
     started = time.perf_counter()
     results = run(all_jobs, max(1, min(args.workers, 2)), args.partial)
     rows = aggregate(results)
@@ -439,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "first_seed": args.first_seed,
                     "steps": steps,
                     "quick": args.quick,
+                    "schedule": args.schedule,
                     "variants": {v: VARIANTS[v] for v in args.variants},
                 },
                 "seconds": elapsed,

@@ -25,6 +25,7 @@ from bench.quality.tasks import Task, load
 from lrprobe.integrations import LocalProbe, Reprobe
 from lrprobe.rules.calibration import heavy_ball
 from lrprobe.worker.newton import NumericalError, ProbeResult, minibatches, probe
+from lrprobe.worker.newton.schedules import Schedule, multipliers, warmup_steps
 from lrprobe.worker.newton.trajectory import TrajectoryOptions
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
@@ -54,6 +55,9 @@ class Job:
     warmup_steps: int
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     evals: int = 10
+    # Every method's training run follows this schedule, its rate being the peak (the
+    # schedule-free optimizer follows its own, with the same warm-up).
+    schedule: Schedule = "constant"
 
 
 @dataclass
@@ -206,6 +210,12 @@ def train(
 
     if switch:
         optimizer.train()  # type: ignore[attr-defined]
+    scheduler = None
+    if job.schedule != "constant" and not switch:
+        shape = multipliers(job.schedule, job.steps)  # the rates are its peak
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: shape[min(k, len(shape) - 1)]
+        )
     batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 10_000)
     torch.manual_seed(job.seed + 20_000)
     first_test = evaluate(task, model, task.test)
@@ -223,6 +233,8 @@ def train(
             break
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if reprobe is not None:
             reprobe.step()
         if t % every == 0:
@@ -283,20 +295,29 @@ def range_test(task: Task, job: Job, start: Any) -> tuple[float, int]:
 PEERS = ("prodigy", "schedulefree", "dadaptation", "dog")
 
 
-def peer_factory(name: str, optimizer: str) -> OptimizerFactory:
+def peer_factory(name: str, optimizer: str, warmup: int = 0) -> OptimizerFactory:
     """A learning-rate-free optimizer at its package's documented defaults. Only the weight
     decay follows the cell (AdamW's 0.01, none for SGD), and the family follows the user's
     optimizer where the package has one: schedule-free and D-Adaptation have SGD and Adam
     variants (SGDScheduleFree's own default momentum is 0.9), Prodigy is Adam-like and DoG
-    SGD-like whatever the cell."""
+    SGD-like whatever the cell.
+
+    ``warmup``: the steps of the schedule's warm-up the run trains under (0: no schedule).
+    Schedule-free takes it as its own ``warmup_steps`` (it follows no other schedule), and
+    Prodigy gets ``safeguard_warmup=True``, as its README asks of a run with warm-up."""
     decay = float(_HYPER[optimizer].get("weight_decay", 0.0))
     adam = optimizer == "adamw"
     if name == "prodigy":
-        return lambda m: Prodigy(m.parameters(), lr=1.0, weight_decay=decay)
+        safeguard = warmup > 0
+        return lambda m: Prodigy(
+            m.parameters(), lr=1.0, weight_decay=decay, safeguard_warmup=safeguard
+        )
     if name == "schedulefree":
         if adam:
-            return lambda m: AdamWScheduleFree(m.parameters(), weight_decay=decay)
-        return lambda m: SGDScheduleFree(m.parameters())
+            return lambda m: AdamWScheduleFree(
+                m.parameters(), weight_decay=decay, warmup_steps=warmup
+            )
+        return lambda m: SGDScheduleFree(m.parameters(), warmup_steps=warmup)
     if name == "dadaptation":
         if adam:
             return lambda m: DAdaptAdam(m.parameters(), lr=1.0, weight_decay=decay, decouple=True)
@@ -340,6 +361,7 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     start = checkpoint(task, job)
     out: dict[str, Any] = {}
+    probed: dict[str, tuple[ProbeResult, float]] = {}  # a probe is deterministic: run it once
     for name, variant in {"lrprobe": {}, **job.variants}.items():
         kwargs = dict(variant)
         # "reprobe_at": train at the probe's rates, then probe again after that many steps
@@ -348,8 +370,13 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
         reprobe_at = horizon(job.optimizer) if at == "horizon" else at
         if reprobe_at is not None and not (isinstance(reprobe_at, int) and reprobe_at >= 1):
             raise ValueError(f"reprobe_at must be 'horizon' or a step ≥ 1, not {at!r}")
+        # "lr_scale": the recommended rates times this (a schedule's peak against a constant
+        # rate); its single-group rate, scaled alike, is recorded as "<name>-single".
+        peak = float(kwargs.pop("lr_scale", 1.0))
+        key = repr(sorted(kwargs.items()))
         try:
-            result, seconds = run_probe(task, job, start, kwargs)
+            result, seconds = probed[key] if key in probed else run_probe(task, job, start, kwargs)
+            probed[key] = result, seconds
         except (NumericalError, ValueError) as error:
             # The user would get this error and no rate: scored as no progress from the start.
             failed = train(task, job, start, 0.0)
@@ -360,7 +387,7 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
                 out["lrprobe-single"] = failed.as_dict()
             continue
         fb = result.cost.pass_equivalents
-        lrs = {n: g.lr for g in result.groups for n in g.param_names}
+        lrs = {n: peak * g.lr for g in result.groups for n in g.param_names}
         per_layer = train(task, job, start, lrs, reprobe_at=reprobe_at)
         per_layer.selection_fb += fb
         per_layer.selection_seconds += seconds
@@ -378,10 +405,10 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
              "lr": g.lr, "single": result.single_group_lr}
             for g in result.groups
         ]  # fmt: skip
-        if name == "lrprobe":
-            single = train(task, job, start, result.single_group_lr)
+        if name == "lrprobe" or peak != 1.0:
+            single = train(task, job, start, peak * result.single_group_lr)
             single.selection_fb, single.selection_seconds = fb, seconds
-            out["lrprobe-single"] = single.as_dict()
+            out[f"{name}-single"] = single.as_dict()
     started = time.perf_counter()
     suggestion, taken = range_test(task, job, start)
     ranged = train(task, job, start, suggestion)
@@ -389,7 +416,8 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
     out["range-test"] = ranged.as_dict()
     out["default"] = train(task, job, start, DEFAULT_LR[job.optimizer]).as_dict()
     for peer in PEERS:
-        out[peer] = train(task, job, start, peer, peer_factory(peer, job.optimizer)).as_dict()
+        factory = peer_factory(peer, job.optimizer, warmup_steps(job.schedule, job.steps))
+        out[peer] = train(task, job, start, peer, factory).as_dict()
     out["grid"] = {f"{lr:.3g}": train(task, job, start, lr).as_dict() for lr in GRID[job.optimizer]}
     return out
 

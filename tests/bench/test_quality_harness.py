@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bench.quality.__main__ import METHODS, METRICS, aggregate, flag_table, main, table
 from bench.quality.runner import GRID, PEERS, RANGE_TEST_STEPS, Job, run_job
@@ -230,6 +232,7 @@ def test_json_is_written_where_asked(report) -> None:
     data, path = report
     assert Path(path).is_file()
     assert data["config"]["quick"] is True and data["config"]["steps"] == STEPS
+    assert data["config"]["schedule"] == "constant"
     assert {"rows", "runs", "seconds"} <= set(data)
 
 
@@ -268,3 +271,51 @@ def test_a_reprobe_variant_adds_its_passes_to_the_first_probes() -> None:
     assert out["again"]["selection_fb"] > tiny["tiny"]["selection_fb"] > 0
     with pytest.raises(ValueError, match="reprobe_at must be 'horizon' or a step"):
         run_job(task, _job(variants={"bad": {"reprobe_at": "later"}}))
+
+
+def test_under_a_schedule_every_run_steps_at_its_peak_rate_times_the_schedule() -> None:
+    from bench.quality.runner import checkpoint, peer_factory, train
+    from lrprobe.worker.newton.schedules import multipliers, warmup_steps
+
+    task = load("breast_cancer-mlp")
+    job = _job(steps=40, schedule="cosine")
+    start = checkpoint(task, job)
+    seen: list[float] = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):  # type: ignore[no-untyped-def, override]
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    train(task, job, start, "recorded", lambda m: Recording(m.parameters(), lr=0.2))
+    assert seen == pytest.approx([0.2 * m for m in multipliers("cosine", 40)])
+    assert seen[0] < seen[2] == pytest.approx(0.2) and seen[-1] < 0.01
+    # Schedule-free follows its own warm-up and no other schedule; Prodigy is told of warm-up.
+    warmup = warmup_steps("cosine", 40)
+    factory = peer_factory("schedulefree", "sgd", warmup)
+    assert factory(task.model(0)).param_groups[0]["warmup_steps"] == warmup == 2
+    constant = replace(job, schedule="constant")
+    assert train(task, job, start, "sf", factory).test_best == pytest.approx(
+        train(task, constant, start, "sf", factory).test_best, rel=0, abs=0
+    )
+    assert peer_factory("prodigy", "sgd", warmup)(task.model(0)).defaults["safeguard_warmup"]
+    assert not peer_factory("prodigy", "sgd")(task.model(0)).defaults["safeguard_warmup"]
+
+
+def test_the_schedule_reaches_every_job() -> None:
+    from bench.quality.__main__ import jobs
+
+    cosine = jobs(["wine-mlp"], ["init"], ["sgd"], 1, STEPS, [], schedule="cosine")
+    assert [j.schedule for j in cosine] == ["cosine"]
+    assert jobs(["wine-mlp"], ["init"], ["sgd"], 1, STEPS, [])[0].schedule == "constant"
+
+
+def test_a_scaled_variant_reuses_the_probe_and_scales_both_of_its_rates() -> None:
+    task = load("breast_cancer-mlp")
+    out = run_job(task, _job(variants={"same": TINY, "twice": {**TINY, "lr_scale": 2.0}}))
+    assert out["twice"]["lr"] == pytest.approx([2 * lr for lr in out["same"]["lr"]])
+    assert out["twice"]["selection_fb"] == out["same"]["selection_fb"]  # one probe, reused
+    assert out["twice"]["scale"] == out["same"]["scale"]
+    # The scaled single-group rate is recorded beside it; an unscaled variant has none.
+    assert out["twice-single"]["lr"] == pytest.approx(2 * out["same"]["groups"][0]["single"])
+    assert "same-single" not in out

@@ -824,3 +824,47 @@ def test_a_parameter_group_s_own_momentum_makes_the_contest_heavy_ball() -> None
         "momentum", momentum=0.0, param_groups=(ParamGroupSpec((first,), {"momentum": 0.9}),)
     )
     assert _calibration_steps(model, spec) == 3 * 8  # twice calibration_steps=4
+
+
+def test_under_a_calibration_schedule_each_candidate_trains_at_its_rates_times_it() -> None:
+    """Re-done apart from the probe: for each candidate, torch's SGD at the candidate's peak
+    rates under LambdaLR with the schedule over the run's 40 steps, on the calibration batches
+    from the checkpoint; the score is the mean loss of the last quarter minus the first."""
+    from lrprobe.worker.newton.schedules import multipliers
+
+    (x, y), _ = _split()
+    candidates, steps = (0.1, 0.3, 1.0), 40
+    result = _quick(
+        _mlp(), x, y, calibrate=candidates, calibration_steps=steps, calibration_schedule="cosine"
+    )
+    constant = _quick(_mlp(), x, y, calibrate=candidates, calibration_steps=steps)
+    shape = multipliers("cosine", steps)
+    assert shape[0] < 1 and shape[-1] < 0.1  # the run warms up and decays
+    for check in result.scale_checks:
+        model = _mlp()
+        groups = result.param_groups(model)
+        for group, g in zip(groups, result.groups, strict=True):
+            group["lr"] = check.scale * g.eta
+        optimizer = torch.optim.SGD(groups)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: shape[min(k, steps - 1)])
+        seen = []
+        for batch in _calibration_batches(x, y, result, steps=8, period=2, count=steps):
+            optimizer.zero_grad()
+            loss = losses.cross_entropy(model, batch)
+            seen.append(float(loss.detach()))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        expected = sum(seen[-10:]) / 10 - seen[0]
+        assert check.realised == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    # The trajectory is the schedule's business only through the contest.
+    assert [g.eta for g in result.groups] == [g.eta for g in constant.groups]
+    assert [c.realised for c in result.scale_checks] != [c.realised for c in constant.scale_checks]
+
+
+def test_a_calibration_schedule_is_refused_by_the_fixed_method_and_must_be_known() -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="calibration_schedule applies to method='trajectory'"):
+        _quick(_mlp(), x, y, method="fixed", calibration_schedule="cosine")
+    with pytest.raises(ValueError, match="calibration_schedule must be one of constant, cosine"):
+        _quick(_mlp(), x, y, calibration_schedule="linear")

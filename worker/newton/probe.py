@@ -22,6 +22,7 @@ from lrprobe.worker.newton.partition import Group, MaxGroups, PartitionRule
 from lrprobe.worker.newton.partition import partition as partition_model
 from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.result import ProbeResult
+from lrprobe.worker.newton.schedules import Schedule
 from lrprobe.worker.newton.summaries import LossFn
 from lrprobe.worker.newton.trajectory import TrajectoryOptions, Unanchored, trajectory_probe
 
@@ -68,6 +69,7 @@ def probe(
     micro_batch: int | None = None,
     precision: Precision = "float32",
     validation: Iterable[Any] | None = None,
+    calibration_schedule: Schedule = "constant",
 ) -> ProbeResult:
     """Recommend one learning rate per parameter group for the optimizer the user trains with.
 
@@ -154,6 +156,10 @@ def probe(
         validation: batches the probe never trains on (a held-out split of the user's data).
             Each λ₁ candidate is then scored by the change of their mean loss (eval mode) over
             its calibration run instead of by the training loss.
+        calibration_schedule: each calibration run follows this schedule, compressed to the
+            run's length (:mod:`lrprobe.worker.newton.schedules`). Leave it ``"constant"``
+            even when training under warm-up + cosine: the constant contest's rates are the
+            better peak of that schedule (quality benchmark; see the trajectory module).
         precision: ``"float32"``: derivatives of a bfloat16/float16 model or one run under
             autocast are taken in float32 with TF32 off; the trajectory's steps stay in the
             model's own precision, as in training. ``"model"``: derivatives as the model runs.
@@ -179,10 +185,13 @@ def probe(
             third_order=lam > 0 if third_order is None else third_order, seed=seed,
             micro_batch=micro_batch, precision=precision,
             validation=tuple(validation) if validation is not None else (),
+            calibration_schedule=calibration_schedule,
         )  # fmt: skip
     elif method == "fixed":
         if validation is not None:
             raise ValueError("validation batches apply to method='trajectory' only")
+        if calibration_schedule != "constant":
+            raise ValueError("calibration_schedule applies to method='trajectory' only")
         options = FixedOptions(
             num_batches=num_batches, heldout_batches=heldout_batches,
             lam_int=1.0 if lam_int is None else lam_int,

@@ -327,6 +327,7 @@ from lrprobe.worker.newton.pooled import mean_summaries, single_eta, single_rate
 from lrprobe.worker.newton.precision import Precision
 from lrprobe.worker.newton.report import group_results, model_fields, solver_notes
 from lrprobe.worker.newton.result import GroupResult, ProbeResult, ScaleCheck, flag_notes
+from lrprobe.worker.newton.schedules import SCHEDULES, Schedule, multipliers
 from lrprobe.worker.newton.solve import solve
 from lrprobe.worker.newton.state import preserved, scratch
 from lrprobe.worker.newton.summaries import LossFn, Summaries, check_loss, summaries
@@ -423,6 +424,10 @@ class TrajectoryOptions:
     # Batches the probe never trains on; when given, each calibration run is scored by how much
     # it lowered their loss instead of the training loss (for data sets small enough to overfit).
     validation: tuple[Any, ...] = ()
+    # Each calibration run follows this schedule, compressed to the run's length (see
+    # schedules.py). Tried for training under warm-up + cosine and not kept: the constant
+    # contest's rates are the better peak (the module docstring has the figures).
+    calibration_schedule: Schedule = "constant"
 
     def __post_init__(self) -> None:
         if self.steps < 2 or self.period < 1 or not 0 <= self.smoothing < 1 or self.scale <= 0:
@@ -448,6 +453,8 @@ class TrajectoryOptions:
         factor = self.momentum_calibration_factor
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise ValueError("momentum_calibration_factor must be an integer of at least 1")
+        if self.calibration_schedule not in SCHEDULES:
+            raise ValueError(f"calibration_schedule must be one of {', '.join(SCHEDULES)}")
 
     @property
     def evaluations(self) -> int:
@@ -555,6 +562,7 @@ def trajectory_probe(
                     model, loss_fn, calibration_batches, spec, groups, per_group,
                     optimizer_state, seed=options.seed + CALIBRATION_SEED, fb_timer=meter.fb,
                     micro_batch=options.micro_batch, validation=options.validation,
+                    schedule=options.calibration_schedule,
                 )  # fmt: skip
             for _ in run.losses:
                 meter.tick("calibration")
@@ -1036,13 +1044,15 @@ def calibration_losses(
     fb_timer: FbTimer,
     micro_batch: int | None = None,
     validation: Sequence[Any] = (),
+    schedule: Schedule = "constant",
 ) -> CalibrationRun:
     """Training losses of a short run of the user's optimizer from the checkpoint with the
     per-group ``rates``, on ``batches`` (the same batches for every candidate, so that the
     comparison between candidates is not drowned in batch noise). Stops at a non-finite loss.
     ``model`` is trained in place and put back (:func:`scratch`); steps accumulate gradients
     over micro-batches of ``micro_batch`` examples. With ``validation`` batches, also their mean
-    loss at the end of the run."""
+    loss at the end of the run. ``schedule``: the rates are peak rates, multiplied at each step
+    by the schedule's multiplier over ``len(batches)`` steps."""
     losses = []
     validated = None
     with scratch(model) as work:
@@ -1051,9 +1061,10 @@ def calibration_losses(
         optimizer, owner = build_optimizer(spec, [g.param_names for g in groups], params)
         if optimizer_state:
             _load_state(optimizer, params, optimizer_state)
-        for group, index in zip(optimizer.param_groups, owner, strict=True):
-            group["lr"] = rates[index]
+        shape = multipliers(schedule, max(1, len(batches)))
         for t, batch in enumerate(batches):
+            for group, index in zip(optimizer.param_groups, owner, strict=True):
+                group["lr"] = rates[index] * shape[t]
             torch.manual_seed(seed + t)
             optimizer.zero_grad(set_to_none=True)
             with fb_timer():

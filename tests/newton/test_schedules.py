@@ -1,0 +1,47 @@
+"""The schedules a recommendation can be the peak rate of, against torch's own schedulers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrprobe.worker.newton.schedules import SCHEDULES, multipliers, warmup_steps
+
+
+def test_constant_keeps_the_peak_at_every_step() -> None:
+    assert multipliers("constant", 7) == [1.0] * 7
+    assert warmup_steps("constant", 300) == 0
+
+
+def test_cosine_warms_up_linearly_then_follows_torchs_cosine_annealing() -> None:
+    steps = 300
+    warmup = warmup_steps("cosine", steps)
+    shape = multipliers("cosine", steps)
+    assert warmup == 15 and len(shape) == steps
+    assert shape[:warmup] == pytest.approx([(k + 1) / warmup for k in range(warmup)])
+    # After the warm-up: torch's CosineAnnealingLR from a peak of 1 down to 0 over the rest.
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps - warmup)
+    expected = []
+    for _ in range(steps - warmup):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        annealing.step()
+    assert shape[warmup:] == pytest.approx(expected, abs=1e-12)
+    assert 0 < shape[-1] < 1e-3
+
+
+def test_a_contest_length_schedule_keeps_one_warm_up_step_at_least() -> None:
+    assert warmup_steps("cosine", 40) == 2 and multipliers("cosine", 40)[:3] == [0.5, 1.0, 1.0]
+    assert multipliers("cosine", 1) == [1.0]
+    assert multipliers("cosine", 2) == [1.0, 1.0]  # one warm-up step, then the peak
+
+
+def test_unknown_schedules_and_empty_runs_are_refused() -> None:
+    assert SCHEDULES == ("constant", "cosine")
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        multipliers("linear", 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        warmup_steps("step", 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 1 step"):
+        multipliers("cosine", 0)

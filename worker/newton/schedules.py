@@ -1,0 +1,54 @@
+"""The learning-rate schedules a recommendation can be the peak rate of.
+
+A schedule is a multiplier of the peak rate at each step. ``"constant"`` keeps the peak
+throughout; ``"cosine"`` warms up linearly over the first :data:`WARMUP_SHARE` of the steps
+and then follows half a cosine down towards 0, the schedule most training recipes use
+(``torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers(...).__getitem__)`` trains with
+it). On the quality benchmark the probe's rates, chosen by a contest at constant rates, are
+the better peak of that schedule than rates chosen under it (``probe(calibration_schedule=
+"cosine")`` runs each candidate under the schedule compressed to the contest's length) or
+larger ones (the README's quality section has the figures).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+__all__ = ["SCHEDULES", "WARMUP_SHARE", "Schedule", "multipliers", "warmup_steps"]
+
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+# A twentieth of the run, at least one step: 15 steps of 300, 2 of a 40-step contest.
+WARMUP_SHARE = 0.05
+
+
+def multipliers(schedule: Schedule, steps: int) -> list[float]:
+    """The multiplier of the peak rate at each of ``steps`` optimizer steps (the first is
+    step 0). ``"cosine"``: ``(k + 1) / w`` for the ``w`` warm-up steps, then
+    ``(1 + cos(π (k − w) / (steps − w))) / 2``, which starts at 1 and ends just above 0.
+
+    Raises:
+        ValueError: an unknown schedule, or fewer than 1 step.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if steps < 1:
+        raise ValueError("a schedule needs at least 1 step")
+    warmup = warmup_steps(schedule, steps)
+    if schedule == "constant":
+        return [1.0] * steps
+    if warmup >= steps:
+        return [(k + 1) / steps for k in range(steps)]
+    decay = steps - warmup
+    return [
+        (k + 1) / warmup if k < warmup else (1 + math.cos(math.pi * (k - warmup) / decay)) / 2
+        for k in range(steps)
+    ]
+
+
+def warmup_steps(schedule: Schedule, steps: int) -> int:
+    """How many of ``steps`` steps the schedule's linear warm-up takes (0: none)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    return 0 if schedule == "constant" else max(1, round(WARMUP_SHARE * steps))
