@@ -3,7 +3,8 @@
 The top level is lazy, so ``import lrprobe`` stays light and never imports torch by itself:
 
 - ``lrprobe.Client`` and ``lrprobe.AsyncClient``: the SDK (pydantic + httpx only);
-- ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch);
+- ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch), and
+  ``lrprobe.warmup_cosine``: the warm-up + cosine schedule whose peak the rates serve best;
 - ``lrprobe.Reprobe``: re-probing during a plain training loop (``lrprobe.integrations``, which
   also holds the Lightning and Hugging Face callbacks);
 - ``lrprobe.get_architecture`` and ``lrprobe.save_checkpoint``: build a registry architecture
@@ -35,6 +36,7 @@ _LAZY = {
     "probe": "lrprobe.worker.newton",
     "get_architecture": "lrprobe.worker.intake.checkpoints.architectures",
     "save_checkpoint": "lrprobe.worker.intake.checkpoints",
+    "warmup_cosine": "lrprobe.worker.newton",
 }
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "get_architecture",
     "probe",
     "save_checkpoint",
+    "warmup_cosine",
 ]
 
 if TYPE_CHECKING:
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     from lrprobe.integrations import Reprobe
     from lrprobe.worker.intake.checkpoints import save_checkpoint
     from lrprobe.worker.intake.checkpoints.architectures import get_architecture
-    from lrprobe.worker.newton import probe
+    from lrprobe.worker.newton import probe, warmup_cosine
 
 
 def __getattr__(name: str) -> Any:

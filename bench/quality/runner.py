@@ -25,7 +25,7 @@ from bench.quality.tasks import Task, load
 from lrprobe.integrations import LocalProbe, Reprobe
 from lrprobe.rules.calibration import heavy_ball
 from lrprobe.worker.newton import NumericalError, ProbeResult, minibatches, probe
-from lrprobe.worker.newton.schedules import Schedule, multipliers, warmup_steps
+from lrprobe.worker.newton.schedules import Schedule, warmup_cosine, warmup_steps
 from lrprobe.worker.newton.trajectory import TrajectoryOptions
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")
@@ -211,11 +211,8 @@ def train(
     if switch:
         optimizer.train()  # type: ignore[attr-defined]
     scheduler = None
-    if job.schedule != "constant" and not switch:
-        shape = multipliers(job.schedule, job.steps)  # the rates are its peak
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda k: shape[min(k, len(shape) - 1)]
-        )
+    if job.schedule == "cosine" and not switch:  # schedule-free follows its own
+        scheduler = warmup_cosine(optimizer, job.steps)  # the rates are its peak
     batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 10_000)
     torch.manual_seed(job.seed + 20_000)
     first_test = evaluate(task, model, task.test)

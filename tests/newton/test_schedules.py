@@ -45,3 +45,32 @@ def test_unknown_schedules_and_empty_runs_are_refused() -> None:
         warmup_steps("step", 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 1 step"):
         multipliers("cosine", 0)
+
+
+def test_warmup_cosine_runs_each_recommended_rate_as_its_peak_and_survives_apply() -> None:
+    from lrprobe import warmup_cosine
+    from lrprobe.worker.newton import losses, minibatches, probe
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x = torch.randn(128, 6)
+    y = x[:, :3].argmax(1)
+    batches = minibatches(x, y, batch_size=16, seed=0)
+    result = probe(model, losses.cross_entropy, batches, steps=8, period=2, calibration_steps=4)
+    optimizer = torch.optim.SGD(result.param_groups(model))
+    steps = 40
+    scheduler = warmup_cosine(optimizer, steps)
+    shape = multipliers("cosine", steps)
+    seen = []
+    for _ in range(steps + 2):  # past the end the last step's rate stays
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    peaks = [g.lr for g in result.groups]
+    expected = [[peak * m for peak in peaks] for m in [*shape, shape[-1], shape[-1]]]
+    assert seen == [pytest.approx(row) for row in expected]
+    # Putting the rates in again keeps the schedule running at its current multiplier.
+    result.apply(optimizer, model, schedulers=[scheduler])
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(
+        [peak * shape[-1] for peak in peaks]
+    )

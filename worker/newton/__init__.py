@@ -36,6 +36,7 @@ from lrprobe.worker.newton.result import (
     Spread,
 )
 from lrprobe.worker.newton.sampling import minibatches
+from lrprobe.worker.newton.schedules import warmup_cosine
 from lrprobe.worker.newton.solve import Solution, SolveStatus, cubic_model, solve
 from lrprobe.worker.newton.summaries import LossFn, Summaries, summaries
 
@@ -71,4 +72,5 @@ __all__ = [
     "probe",
     "solve",
     "summaries",
+    "warmup_cosine",
 ]

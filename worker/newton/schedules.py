@@ -3,9 +3,10 @@
 A schedule is a multiplier of the peak rate at each step. ``"constant"`` keeps the peak
 throughout; ``"cosine"`` warms up linearly over the first :data:`WARMUP_SHARE` of the steps
 and then follows half a cosine down towards 0, the schedule most training recipes use
-(``torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers(...).__getitem__)`` trains with
-it). On the quality benchmark the probe's rates, chosen by a contest at constant rates, are
-the better peak of that schedule than rates chosen under it (``probe(calibration_schedule=
+(:func:`warmup_cosine` builds it as a torch scheduler).
+
+On the quality benchmark the probe's rates, chosen by a contest at constant rates, are the
+better peak of that schedule than rates chosen under it (``probe(calibration_schedule=
 "cosine")`` runs each candidate under the schedule compressed to the contest's length) or
 larger ones (the README's quality section has the figures).
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 import math
 from typing import Literal, get_args
 
-__all__ = ["SCHEDULES", "WARMUP_SHARE", "Schedule", "multipliers", "warmup_steps"]
+import torch
+
+__all__ = ["SCHEDULES", "WARMUP_SHARE", "Schedule", "multipliers", "warmup_cosine", "warmup_steps"]
 
 Schedule = Literal["constant", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -52,3 +55,19 @@ def warmup_steps(schedule: Schedule, steps: int) -> int:
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
     return 0 if schedule == "constant" else max(1, round(WARMUP_SHARE * steps))
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The ``"cosine"`` schedule over ``steps`` optimizer steps as a torch scheduler: each
+    group's ``lr`` (the recommended rate, as :meth:`ProbeResult.param_groups` sets it) is its
+    peak. Call ``scheduler.step()`` after each ``optimizer.step()``; past ``steps`` the rate
+    stays at the last step's. ``result.apply(optimizer, model, schedulers=[scheduler])`` and
+    :class:`lrprobe.Reprobe` keep it running when they put new rates in.
+
+    Raises:
+        ValueError: fewer than 1 step.
+    """
+    shape = multipliers("cosine", steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: shape[min(k, steps - 1)])
