@@ -547,6 +547,16 @@ def _calibration_batches(x, y, result: ProbeResult, steps: int, period: int, cou
     return drawn[steps + -(-steps // period) :]
 
 
+def _at_candidate(result: ProbeResult, scale: float) -> tuple[nn.Module, torch.optim.SGD]:
+    """A fresh copy of the probed model and torch's SGD at a calibration candidate's rates
+    (``scale · η`` per group), apart from the probe's own code."""
+    model = _mlp()
+    groups = result.param_groups(model)
+    for group, g in zip(groups, result.groups, strict=True):
+        group["lr"] = scale * g.eta
+    return model, torch.optim.SGD(groups)
+
+
 def test_with_validation_batches_each_candidate_scores_their_change_in_loss() -> None:
     """Re-done apart from the probe: for each candidate, torch's SGD over the candidate's rates
     on the calibration batches from the checkpoint, then the loss on the validation batches."""
@@ -561,11 +571,7 @@ def test_with_validation_batches_each_candidate_scores_their_change_in_loss() ->
     before = validation_loss(_mlp())
     assert not any("fallback_global" in g.flags for g in result.groups)
     for check in result.scale_checks:
-        model = _mlp()
-        groups = result.param_groups(model)
-        for group, g in zip(groups, result.groups, strict=True):
-            group["lr"] = check.scale * g.eta
-        optimizer = torch.optim.SGD(groups)
+        model, optimizer = _at_candidate(result, check.scale)
         for batch in _calibration_batches(x, y, result, steps=8, period=2, count=4):
             optimizer.zero_grad()
             losses.cross_entropy(model, batch).backward()
@@ -841,11 +847,7 @@ def test_under_a_calibration_schedule_each_candidate_trains_at_its_rates_times_i
     shape = multipliers("cosine", steps)
     assert shape[0] < 1 and shape[-1] < 0.1  # the run warms up and decays
     for check in result.scale_checks:
-        model = _mlp()
-        groups = result.param_groups(model)
-        for group, g in zip(groups, result.groups, strict=True):
-            group["lr"] = check.scale * g.eta
-        optimizer = torch.optim.SGD(groups)
+        model, optimizer = _at_candidate(result, check.scale)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: shape[min(k, steps - 1)])
         seen = []
         for batch in _calibration_batches(x, y, result, steps=8, period=2, count=steps):
