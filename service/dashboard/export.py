@@ -110,4 +110,17 @@ def torch_snippet(job: JobOut, recommendation: Recommendation) -> str:
     default_lr = _lr_literal(default) if default and default > 0 else "1e-3"
     kwargs = ", ".join([f"lr={default_lr}", *_optimizer_kwargs(job)])
     lines.append(f"optimizer = {cls}(param_groups, {kwargs})")
+    # The quality benchmark's one measured alternative to constant rates (README: Use it in
+    # training): rarer late collapses, slower training.
+    lines += [
+        "",
+        "# Constant rates train fastest. Where a late collapse would cost more than speed",
+        "# (see the job's notes), make them the peak of a warm-up + cosine schedule",
+        "# (pip install lrprobe):",
+        f"# {SCHEDULE_LINE}",
+    ]
     return "\n".join(lines) + "\n"
+
+
+# Commented out in the snippet; the tests run it uncommented.
+SCHEDULE_LINE = "scheduler = lrprobe.warmup_cosine(optimizer, steps)  # .step() after each step"

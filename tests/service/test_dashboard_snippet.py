@@ -47,3 +47,23 @@ def test_the_snippet_builds_the_probed_optimizer_with_its_settings(
     built = _built(optimizer)
     for key, value in expected.items():
         assert built.defaults[key] == value, key
+
+
+def test_the_snippet_offers_the_measured_schedule_and_its_line_runs() -> None:
+    from lrprobe.service.dashboard.export import SCHEDULE_LINE
+
+    spec = {"model_id": "m1", "data": "builtin://digits", "loss": "cross_entropy",
+            "optimizer": {"name": "sgd"}}  # fmt: skip
+    job = JobOut.model_validate(job_body(spec=spec))
+    code = torch_snippet(job, Recommendation(recommendation_body()))
+    assert f"# {SCHEDULE_LINE}\n" in code
+    namespace: dict[str, Any] = {
+        "model": nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)),
+        "steps": 100,
+    }
+    exec(compile(f"{code}import lrprobe\n{SCHEDULE_LINE}\n", "snippet", "exec"), namespace)
+    scheduler = namespace["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+    # the recommended rates are the peak: the first of 5 warm-up steps runs at a fifth of them
+    lrs = [g["lr"] for g in namespace["optimizer"].param_groups]
+    assert lrs == pytest.approx([0.1 / 5, 0.02 / 5])
