@@ -4,7 +4,8 @@ The top level is lazy, so ``import lrprobe`` stays light and never imports torch
 
 - ``lrprobe.Client`` and ``lrprobe.AsyncClient``: the SDK (pydantic + httpx only);
 - ``lrprobe.probe``: the numeric core (needs the ``worker`` extra, i.e. torch), and
-  ``lrprobe.warmup_cosine``: the warm-up + cosine schedule whose peak the rates serve best;
+  ``lrprobe.warmup_cosine``: the warm-up + cosine schedule the benchmark measured, with the
+  recommended rates as its peak;
 - ``lrprobe.Reprobe``: re-probing during a plain training loop (``lrprobe.integrations``, which
   also holds the Lightning and Hugging Face callbacks);
 - ``lrprobe.get_architecture`` and ``lrprobe.save_checkpoint``: build a registry architecture

@@ -187,10 +187,6 @@ def train(
     prober: _Recorded | None = None
     if optimizer_factory is None:
         model, optimizer = restore(task, job, start, lrs)
-        if reprobe_at is not None:
-            stream = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 60_000)
-            prober = _Recorded(task.loss, stream, seed=job.seed)
-            reprobe = Reprobe(prober, model, optimizer, milestones=[reprobe_at], probe_first=False)
     else:
         model = task.model(job.seed)
         model.load_state_dict(start[0])
@@ -213,6 +209,14 @@ def train(
     scheduler = None
     if job.schedule == "cosine" and not switch:  # schedule-free follows its own
         scheduler = warmup_cosine(optimizer, job.steps)  # the rates are its peak
+    if reprobe_at is not None and optimizer_factory is None:
+        stream = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 60_000)
+        prober = _Recorded(task.loss, stream, seed=job.seed)
+        # The schedule goes on multiplying the re-probe's rates, as in a user's loop.
+        reprobe = Reprobe(
+            prober, model, optimizer, milestones=[reprobe_at], probe_first=False,
+            schedulers=[scheduler] if scheduler is not None else (),
+        )  # fmt: skip
     batches = minibatches(*task.train, batch_size=task.batch_size, seed=job.seed + 10_000)
     torch.manual_seed(job.seed + 20_000)
     first_test = evaluate(task, model, task.test)
@@ -380,8 +384,8 @@ def run_job(task: Task, job: Job) -> dict[str, Any]:
             code = getattr(error, "code", str(error)[:80])
             failed.diverged, failed.lr = True, f"error: {code}"  # type: ignore[assignment]
             out[name] = failed.as_dict()
-            if name == "lrprobe":
-                out["lrprobe-single"] = failed.as_dict()
+            if name == "lrprobe" or peak != 1.0:
+                out[f"{name}-single"] = failed.as_dict()
             continue
         fb = result.cost.pass_equivalents
         lrs = {n: peak * g.lr for g in result.groups for n in g.param_names}

@@ -310,12 +310,56 @@ def test_the_schedule_reaches_every_job() -> None:
     assert jobs(["wine-mlp"], ["init"], ["sgd"], 1, STEPS, [])[0].schedule == "constant"
 
 
-def test_a_scaled_variant_reuses_the_probe_and_scales_both_of_its_rates() -> None:
+def test_a_scaled_variant_reuses_the_probe_and_scales_both_of_its_rates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.quality import runner
+
+    probed: list[dict] = []
+    real = runner.run_probe
+
+    def counted(task, job, start, kwargs):  # type: ignore[no-untyped-def]
+        probed.append(dict(kwargs))
+        return real(task, job, start, kwargs)
+
+    monkeypatch.setattr(runner, "run_probe", counted)
     task = load("breast_cancer-mlp")
     out = run_job(task, _job(variants={"same": TINY, "twice": {**TINY, "lr_scale": 2.0}}))
+    assert probed == [{}, TINY]  # the default's probe and TINY's, each once
+    assert out["same"]["lr"] != out["lrprobe"]["lr"]  # not the default's probe, reused
     assert out["twice"]["lr"] == pytest.approx([2 * lr for lr in out["same"]["lr"]])
-    assert out["twice"]["selection_fb"] == out["same"]["selection_fb"]  # one probe, reused
+    assert out["twice"]["selection_fb"] == out["same"]["selection_fb"]
     assert out["twice"]["scale"] == out["same"]["scale"]
     # The scaled single-group rate is recorded beside it; an unscaled variant has none.
     assert out["twice-single"]["lr"] == pytest.approx(2 * out["same"]["groups"][0]["single"])
     assert "same-single" not in out
+
+
+def test_a_failed_probe_of_a_scaled_variant_still_records_its_single_group_run() -> None:
+    task = load("breast_cancer-mlp")
+    out = run_job(task, _job(variants={"bad": {"steps": 1, "lr_scale": 2.0}}))  # steps ≥ 2
+    assert out["bad"]["diverged"] and out["bad"]["lr"].startswith("error")
+    assert out["bad-single"] == out["bad"]
+
+
+def test_under_a_schedule_a_reprobe_sets_the_schedules_new_peaks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench.quality import runner
+
+    built: list[torch.optim.lr_scheduler.LambdaLR] = []
+    real = runner.warmup_cosine
+
+    def kept(optimizer, steps):  # type: ignore[no-untyped-def]
+        built.append(real(optimizer, steps))
+        return built[-1]
+
+    monkeypatch.setattr(runner, "warmup_cosine", kept)
+    task = load("breast_cancer-mlp")
+    job = _job(steps=40, schedule="cosine")
+    start = runner.checkpoint(task, job)
+    run = runner.train(task, job, start, 0.05, reprobe_at=20)
+    (scheduler,) = built
+    assert run.reprobed_lr and run.reprobed_lr != [0.05] and not run.reprobe_failures
+    # The schedule multiplies the re-probe's rates from then on, not the first ones.
+    assert sorted(set(scheduler.base_lrs)) == pytest.approx(run.reprobed_lr)

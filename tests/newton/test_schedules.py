@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -47,7 +49,7 @@ def test_unknown_schedules_and_empty_runs_are_refused() -> None:
         multipliers("cosine", 0)
 
 
-def test_warmup_cosine_runs_each_recommended_rate_as_its_peak_and_survives_apply() -> None:
+def test_warmup_cosine_runs_each_recommended_rate_as_its_peak_and_follows_apply() -> None:
     from lrprobe import warmup_cosine
     from lrprobe.worker.newton import losses, minibatches, probe
 
@@ -69,8 +71,14 @@ def test_warmup_cosine_runs_each_recommended_rate_as_its_peak_and_survives_apply
     peaks = [g.lr for g in result.groups]
     expected = [[peak * m for peak in peaks] for m in [*shape, shape[-1], shape[-1]]]
     assert seen == [pytest.approx(row) for row in expected]
-    # Putting the rates in again keeps the schedule running at its current multiplier.
-    result.apply(optimizer, model, schedulers=[scheduler])
-    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(
-        [peak * shape[-1] for peak in peaks]
-    )
+    # New rates put in (a re-probe's: here twice the first) become the schedule's peaks: the
+    # current multiplier applies at once and on every later step.
+    doubled = replace(result, groups=[replace(g, lr=2 * g.lr) for g in result.groups])
+    doubled.apply(optimizer, model, schedulers=[scheduler])
+    for _ in range(2):
+        assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(
+            [2 * peak * shape[-1] for peak in peaks]
+        )
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.base_lrs == pytest.approx([2 * peak for peak in peaks])

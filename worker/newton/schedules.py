@@ -29,7 +29,9 @@ WARMUP_SHARE = 0.05
 def multipliers(schedule: Schedule, steps: int) -> list[float]:
     """The multiplier of the peak rate at each of ``steps`` optimizer steps (the first is
     step 0). ``"cosine"``: ``(k + 1) / w`` for the ``w`` warm-up steps, then
-    ``(1 + cos(π (k − w) / (steps − w))) / 2``, which starts at 1 and ends just above 0.
+    ``(1 + cos(π (k − w) / (steps − w))) / 2``, which starts at 1 (the peak holds for two
+    steps) and, over more than a few steps, ends just above 0 (a run of 1 or 2 steps never
+    decays). ``w`` is :func:`warmup_steps` (Python's ``round``: halves go to even).
 
     Raises:
         ValueError: an unknown schedule, or fewer than 1 step.
